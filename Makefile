@@ -1,0 +1,65 @@
+# Diffusion models as stochastic quantisation in lattice field theory — build and test.
+#
+#   make book      create .venv if needed, then build the HTML book into _build/html
+#                  (renders the committed notebooks; executes nothing)
+#   make test      create .venv if needed, then run the whole test suite
+#   make sync      re-pair book/*.md (jupytext) with their .ipynb
+#   make execute CHAPTER=book/02_lattice_phi4_hmc.ipynb
+#                  re-execute one chapter in place at its default (full-scale) parameters
+#   make clean     remove build outputs (keeps .venv; `make distclean` removes it too)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := book
+
+PYTHON3    ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+# torch is installed on its own, first, and only if the venv cannot import it. On a machine with
+# no torch an unpinned `torch` pulls a multi-GB CUDA build; override e.g. with
+#   make TORCH_SPEC='torch --index-url https://download.pytorch.org/whl/cpu'
+TORCH_SPEC ?= torch==2.13.0
+STAMP      := $(VENV)/.dmsq-installed
+CHAPTERS_MD := $(wildcard book/[0-9][0-9]_*.md)
+CHAPTER    ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv book test sync execute clean distclean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt tests/requirements.txt
+	@test -x $(PY) || { echo "creating $(VENV)"; $(PYTHON3) -m venv $(VENV); }
+	@if $(PY) -c 'import torch' 2>/dev/null; then \
+	  echo "torch already importable in $(VENV): $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else \
+	  echo "installing $(TORCH_SPEC)"; $(PY) -m pip install --quiet $(TORCH_SPEC); \
+	fi
+	$(PY) -m pip install --quiet -r requirements.txt -r tests/requirements.txt
+	@# A kernel named python3 inside the venv that runs the venv's interpreter, so that
+	@# papermill -k python3 and jupyter-book use it whatever else is on the machine.
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dmsq .venv)" >/dev/null
+	@touch $@
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --all
+	@echo "book built: _build/html/index.html"
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+sync: $(STAMP)
+	$(VENV)/bin/jupytext --sync $(CHAPTERS_MD)
+
+execute: $(STAMP)
+	@test -n "$(CHAPTER)" || { echo "usage: make execute CHAPTER=book/NN_name.ipynb"; exit 2; }
+	cd $(dir $(CHAPTER)) && $(abspath $(VENV))/bin/papermill $(notdir $(CHAPTER)) $(notdir $(CHAPTER)) -k python3
+	$(VENV)/bin/jupytext --sync $(CHAPTER)
+
+clean:
+	rm -rf _build .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+	find . -path ./$(VENV) -prune -o -name .ipynb_checkpoints -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV)

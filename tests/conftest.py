@@ -1,0 +1,36 @@
+"""Shared test set-up.
+
+* The repository root goes on ``sys.path`` so that ``import lib`` works without installing it.
+* ``DMSQ_CACHE`` (the ensemble cache of :mod:`lib.ensemble`) points to a fresh temporary
+  directory for the whole session, so the tests never read or write ``~/.cache/dmsq``.
+  Subprocesses (papermill kernels) inherit it.
+* Matplotlib draws off-screen.
+"""
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_CACHE_DIR = None
+
+
+def pytest_configure(config):
+    global _CACHE_DIR
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "book: builds the book or executes its chapters")
+    if _CACHE_DIR is None:
+        _CACHE_DIR = tempfile.mkdtemp(prefix="dmsq-test-cache-")
+        os.environ["DMSQ_CACHE"] = _CACHE_DIR
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_unconfigure(config):
+    global _CACHE_DIR
+    if _CACHE_DIR is not None:
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+        _CACHE_DIR = None

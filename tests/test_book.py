@@ -1,0 +1,222 @@
+"""Checks of the book as a whole: pairing, parameters, setup cells, execution, build.
+
+Every chapter is ``book/NN_name.md`` (jupytext MyST, what we edit) paired with
+``book/NN_name.ipynb`` (what the book renders and Colab opens).
+"""
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+# ==================================================================================================
+# CI_PARAMETERS — papermill parameters with which each chapter runs in the test suite.
+#
+# Chapter authors: add your chapter here, keyed by its file stem, with values that make the whole
+# chapter run on a 2-core CPU in a few minutes at most (the whole suite has ~25 minutes).
+# Every key must be a variable assigned in the chapter's `parameters` cell. An empty dict runs
+# the chapter at its default (full-scale) parameters. A chapter missing here fails the tests.
+# The kernel also sees the environment variable DMSQ_CI=1 and a temporary DMSQ_CACHE.
+# ==================================================================================================
+CI_PARAMETERS: dict[str, dict] = {
+    "01_stochastic_quantisation": {},  # TODO(chapter author): fill in CI parameters
+    "02_lattice_phi4_hmc": {},  # TODO(chapter author): fill in CI parameters
+}
+
+# Wall-clock limit for one chapter under papermill, in seconds.
+CHAPTER_TIMEOUT_S = int(os.environ.get("DMSQ_CHAPTER_TIMEOUT", "900"))
+# ==================================================================================================
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.md"))
+CHAPTER_IDS = [p.stem for p in CHAPTERS]
+SYNC_HINT = "run `make sync` (jupytext --sync book/*.md) and commit both files"
+
+
+def _config() -> dict:
+    with open(ROOT / "_config.yml") as f:
+        return yaml.safe_load(f)
+
+
+def repository_url() -> str:
+    return _config()["repository"]["url"].rstrip("/")
+
+
+def _cells(nb, kinds=("code", "markdown", "raw")):
+    return [(c.cell_type, c.source.strip()) for c in nb.cells if c.cell_type in kinds]
+
+
+def _code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _tags(cell):
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _parameter_names(cell) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(cell.source)):
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                for n in ast.walk(t):
+                    if isinstance(n, ast.Name):
+                        names.add(n.id)
+    return names
+
+
+chapter = pytest.mark.parametrize("md", CHAPTERS, ids=CHAPTER_IDS)
+
+
+def test_chapters_exist():
+    assert CHAPTERS, "no chapters book/NN_name.md found"
+
+
+def test_every_notebook_has_a_markdown_twin():
+    orphans = [p.name for p in sorted(BOOK.glob("[0-9][0-9]_*.ipynb")) if not p.with_suffix(".md").exists()]
+    assert not orphans, f"notebooks without their paired .md: {orphans}; {SYNC_HINT}"
+
+
+def test_toc_lists_every_chapter():
+    with open(ROOT / "_toc.yml") as f:
+        toc = yaml.safe_load(f)
+    files = {re.sub(r"\.(md|ipynb)$", "", e["file"]) for e in toc.get("chapters", [])}
+    missing = [p.stem for p in CHAPTERS if f"book/{p.stem}" not in files]
+    assert not missing, f"chapters missing from _toc.yml: {missing}"
+
+
+@chapter
+def test_paired_notebook_agrees(md):
+    ipynb = md.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} is missing; {SYNC_HINT}"
+    nb_md, nb_ipynb = jupytext.read(md), jupytext.read(ipynb)
+    formats = nb_md.metadata.get("jupytext", {}).get("formats", "")
+    assert "ipynb" in formats, (f"{md.name} is not paired with a notebook (jupytext formats: {formats!r}); "
+                                "set `formats: ipynb,md:myst` in its jupytext header")
+    a, b = _cells(nb_md), _cells(nb_ipynb)
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x == y, (f"{md.name} and {ipynb.name} differ at cell {i} ({x[0]} vs {y[0]}):\n"
+                        f"--- .md\n{x[1][:400]}\n--- .ipynb\n{y[1][:400]}\n{SYNC_HINT}")
+    assert len(a) == len(b), f"{md.name} has {len(a)} cells, {ipynb.name} has {len(b)}; {SYNC_HINT}"
+
+
+@chapter
+def test_one_parameters_cell(md):
+    for path in (md, md.with_suffix(".ipynb")):
+        if not path.exists():
+            pytest.fail(f"{path.name} is missing; {SYNC_HINT}")
+        nb = jupytext.read(path)
+        tagged = [i for i, c in enumerate(_code_cells(nb)) if "parameters" in _tags(c)]
+        assert len(tagged) == 1, (f"{path.name}: expected exactly one code cell tagged `parameters`, "
+                                  f"found {len(tagged)} (code cells {tagged})")
+
+
+@chapter
+def test_setup_cell_names_the_repository(md):
+    url = repository_url()
+    for path in (md, md.with_suffix(".ipynb")):
+        if not path.exists():
+            pytest.fail(f"{path.name} is missing; {SYNC_HINT}")
+        code = _code_cells(jupytext.read(path))
+        assert code, f"{path.name} has no code cells"
+        assert url in code[0].source, (f"{path.name}: the first code cell must be the setup cell and contain "
+                                       f"the repository URL {url} (from _config.yml, repository.url)")
+
+
+@chapter
+def test_ci_parameters_are_declared(md):
+    stem = md.stem
+    assert stem in CI_PARAMETERS, (f"no CI parameters for chapter {stem!r}: add an entry "
+                                   f"CI_PARAMETERS[{stem!r}] = {{...}} at the top of tests/test_book.py")
+    nb = jupytext.read(md)
+    cells = [c for c in _code_cells(nb) if "parameters" in _tags(c)]
+    assert cells, f"{md.name} has no `parameters` cell"
+    unknown = set(CI_PARAMETERS[stem]) - _parameter_names(cells[0])
+    assert not unknown, f"CI_PARAMETERS[{stem!r}] sets names not in the chapter's parameters cell: {sorted(unknown)}"
+
+
+def _papermill(nb_in: Path, nb_out: Path, params: dict, cwd: Path, env_extra: dict, timeout: int):
+    params_file = nb_out.with_suffix(".params.json")
+    params_file.write_text(json.dumps(params))
+    env = dict(os.environ, **env_extra)
+    cmd = [sys.executable, "-m", "papermill", str(nb_in), str(nb_out), "-k", "python3",
+           "--cwd", str(cwd), "-f", str(params_file), "--no-progress-bar", "--log-level", "WARNING"]
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr or b""
+        err = err.decode(errors="replace") if isinstance(err, bytes) else err
+        pytest.fail(f"{nb_in.name} did not finish within {timeout} s under papermill "
+                    f"(partial output in {nb_out})\n{err[-3000:]}")
+
+
+def test_kernel_python3_is_this_interpreter(tmp_path):
+    """papermill's kernel `python3` must run the same environment as the tests (the .venv)."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import sys, os\nprefix = sys.prefix\nci = os.environ.get('DMSQ_CI')",
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print(sys.prefix)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out = tmp_path / "probe.ipynb", tmp_path / "probe.out.ipynb"
+    nbformat.write(nb, src)
+    r = _papermill(src, out, {}, tmp_path, {}, 300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    printed = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].strip()
+    assert os.path.realpath(printed) == os.path.realpath(sys.prefix), (
+        f"kernel python3 runs {printed}, the tests run {sys.prefix}: register the venv's kernel with "
+        "`.venv/bin/python -m ipykernel install --sys-prefix --name python3` (make venv does this)")
+
+
+@pytest.mark.slow
+@pytest.mark.book
+@chapter
+def test_chapter_runs_under_papermill(md, tmp_path):
+    stem = md.stem
+    if stem not in CI_PARAMETERS:
+        pytest.fail(f"no CI parameters for chapter {stem!r}: add CI_PARAMETERS[{stem!r}] at the top of "
+                    "tests/test_book.py")
+    nb_in = md.with_suffix(".ipynb")
+    assert nb_in.exists(), f"{nb_in.name} is missing; {SYNC_HINT}"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    nb_out = out_dir / nb_in.name
+    env = {"DMSQ_CI": "1", "DMSQ_CACHE": os.environ["DMSQ_CACHE"], "MPLBACKEND": "Agg"}
+    r = _papermill(nb_in, nb_out, CI_PARAMETERS[stem], BOOK, env, CHAPTER_TIMEOUT_S)
+    assert r.returncode == 0, (f"{nb_in.name} failed under papermill with CI parameters "
+                               f"{CI_PARAMETERS[stem]} (executed notebook: {nb_out}):\n{r.stderr[-6000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.book
+def test_book_builds_without_warnings(tmp_path):
+    """`jupyter-book build` with warnings as errors, into a temporary directory."""
+    jb = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "--path-output", str(tmp_path),
+           "--warningiserror", "--keep-going", "--all"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    log = r.stdout + r.stderr
+    warnings = [line for line in log.splitlines() if re.search(r"\bWARNING\b|\bERROR\b", line)]
+    assert r.returncode == 0 and not warnings, "jupyter-book build failed or warned:\n" + "\n".join(
+        warnings or log.splitlines()[-60:])
+    html = tmp_path / "_build" / "html"
+    assert (html / "index.html").exists()
+    url = repository_url()
+    branch = _config()["repository"].get("branch", "main")
+    for md in CHAPTERS:
+        page = html / "book" / f"{md.stem}.html"
+        assert page.exists(), f"{page.relative_to(tmp_path)} was not built"
+        text = page.read_text()
+        # The page must come from the .ipynb (only notebook pages get launch buttons), and the
+        # Colab button must point at the notebook in the repository.
+        colab = (f"https://colab.research.google.com/github/{url.split('github.com/', 1)[-1]}"
+                 f"/blob/{branch}/book/{md.stem}.ipynb")
+        assert colab in text, f"{page.name} has no Colab launch button to {colab}"

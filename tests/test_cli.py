@@ -1,0 +1,108 @@
+"""The command line: a working round trip and one-line errors with non-zero exit on bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "lib", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "ens.npz"
+    r = run("hmc", "--L", 6, "--kappa", 0.2, "--lam", 0.0, "--n-configs", 400, "--seed", 3, "--out", out,
+            "--n-burnin", 20, "--n-spacing", 4, "--eps", 0.2, "--n-steps", 5, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_round_trip_json(ensemble):
+    r = run("observables", ensemble, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    for k in ("M", "absM", "chi2", "binder"):
+        assert len(d[k]) == 2 and d[k][1] > 0
+    assert (d["n_configs"], d["L"], d["kappa"], d["lam"]) == (400, 6, 0.2, 0.0)
+    # free field at kappa=0.2, d=2: chi2 = 1/(2 - 8*0.2) = 2.5 exactly; the ensemble must agree
+    assert abs(d["chi2"][0] - 2.5) < 4 * d["chi2"][1]
+    assert abs(d["M"][0]) < 4 * d["M"][1]
+
+
+def test_metadata_written(ensemble):
+    from lib.ensemble import load_ensemble
+
+    ens = load_ensemble(ensemble)
+    assert ens.configs.shape == (400, 6, 6)
+    m = ens.metadata
+    assert m["sampler"] == "hmc" and m["seed"] == 3 and m["theory"]["kappa"] == 0.2
+    assert m["settings"]["n_steps"] == 5 and "lib_version" in m and 0 < m["acceptance"] <= 1
+
+
+def _one_line_error(r):
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    return lines[0]
+
+
+def test_refuses_to_overwrite(ensemble):
+    before = ensemble.read_bytes()
+    r = run("hmc", "--L", 4, "--kappa", 0.1, "--lam", 0.0, "--n-configs", 2, "--seed", 0, "--out", ensemble,
+            "--no-progress")
+    assert "exists" in _one_line_error(r)
+    assert ensemble.read_bytes() == before
+
+
+def test_force_overwrites(tmp_path):
+    out = tmp_path / "e.npz"
+    args = ["hmc", "--L", 4, "--kappa", 0.1, "--lam", 0.01, "--n-configs", 2, "--seed", 0, "--out", out,
+            "--n-burnin", 1, "--n-spacing", 1, "--no-progress"]
+    assert run(*args).returncode == 0
+    assert run(*args).returncode != 0
+    assert run(*args, "--force").returncode == 0
+
+
+@pytest.mark.parametrize("bad", [
+    ["--kappa", "-0.1", "--lam", "0.02"],  # kappa < 0
+    ["--kappa", "0.2", "--lam", "-0.02"],  # lam < 0
+    ["--kappa", "0.3", "--lam", "0"],  # free field beyond its stability bound 1/(2d)
+    ["--kappa", "abc", "--lam", "0.02"],  # not a number
+])
+def test_bad_parameters(tmp_path, bad):
+    out = tmp_path / "x.npz"
+    r = run("hmc", "--L", 4, *bad, "--n-configs", 2, "--seed", 0, "--out", out, "--no-progress")
+    _one_line_error(r)
+    assert not out.exists()
+
+
+def test_bad_lattice_size(tmp_path):
+    r = run("hmc", "--L", 1, "--kappa", 0.1, "--lam", 0.02, "--n-configs", 2, "--seed", 0, "--out", tmp_path / "x.npz")
+    assert "L must be" in _one_line_error(r)
+
+
+def test_missing_file(tmp_path):
+    assert "no such" in _one_line_error(run("observables", tmp_path / "missing.npz"))
+
+
+def test_not_an_ensemble(tmp_path):
+    txt = tmp_path / "text.npz"
+    txt.write_text("hello")
+    assert "not an ensemble" in _one_line_error(run("observables", txt))
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros(3))
+    assert "not an ensemble" in _one_line_error(run("observables", other))
+
+
+def test_no_command_and_unknown_command():
+    _one_line_error(run())
+    _one_line_error(run("frobnicate"))
