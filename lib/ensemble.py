@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def load_ensemble(path) -> Ensemble:
                 raise ValueError
             configs = z["configs"]
             meta = json.loads(str(z["metadata"]))
-    except (ValueError, OSError, json.JSONDecodeError) as exc:
+    except (ValueError, OSError, TypeError, EOFError, zipfile.BadZipFile) as exc:  # .npy, truncated zip, ...
         raise ValueError(f"{path} is not an ensemble file (expected .npz with 'configs' and 'metadata')") from exc
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown ensemble format {meta.get('format')!r}")

@@ -91,6 +91,8 @@ def stationary_density(x, drift_mid, diffusion: float = 1.0) -> np.ndarray:
     k = np.asarray(drift_mid, dtype=float)
     a = 0.5 * k + diffusion / h
     b = 0.5 * k - diffusion / h
+    if np.any(a <= 0) or np.any(b >= 0):
+        raise ValueError("grid too coarse for this drift: need |K| h < 2D (cell Péclet number < 1) at every interface")
     logp = np.concatenate([[0.0], np.cumsum(np.log(a / -b))])
     p = np.exp(logp - logp.max())
     return p / (p.sum() * h)

@@ -52,7 +52,7 @@ class Autocorrelation:
     tau_int_error: float
     window: int
     rho: np.ndarray  # normalised autocorrelation function Γ(t)/Γ(0)
-    rho_error: np.ndarray
+    rho_error: np.ndarray  # Wolff's error of ρ(t), NaN far beyond the window
     tau_int_of_window: np.ndarray  # τ_int summed up to window W, W = 0, 1, ...
 
     def __str__(self):
@@ -87,8 +87,25 @@ def autocorrelation(series, S: float = 2.0, name: str = "chain") -> Autocorrelat
         mean=float(obs.value), error=float(obs.dvalue),
         tau_int=float(obs.e_tauint[name]), tau_int_error=float(obs.e_dtauint[name]),
         window=int(obs.e_windowsize[name]), rho=np.asarray(obs.e_rho[name]),
-        rho_error=np.asarray(obs.e_drho[name]), tau_int_of_window=np.asarray(obs.e_n_tauint[name]),
+        rho_error=_rho_errors(np.asarray(obs.e_rho[name]), int(obs.e_windowsize[name]), sum(map(len, reps))),
+        tau_int_of_window=np.asarray(obs.e_n_tauint[name]),
     )
+
+
+def _rho_errors(rho: np.ndarray, window: int, n: int) -> np.ndarray:
+    r"""Errors of ρ(t) (Wolff 2004, eq. 33; pyerrors fills ``e_drho`` only at the window):
+
+    .. math:: δρ(t)^2 ≈ \frac1N \sum_{k=1}^{t+W} [ρ(k+t) + ρ(|k-t|) - 2ρ(k)ρ(t)]^2,
+
+    for t ≤ 10W + 10 (NaN beyond, where ρ is noise)."""
+    err = np.full(len(rho), np.nan)
+    w = max(window, 1)
+    for t in range(min(len(rho), 10 * w + 11)):
+        k = np.arange(1, t + w + 1)
+        if k[-1] + t >= len(rho):
+            break
+        err[t] = np.sqrt(np.sum((rho[k + t] + rho[np.abs(k - t)] - 2 * rho[k] * rho[t]) ** 2) / n)
+    return err
 
 
 def tau_int_fixed_window(series, t_max: int = 100) -> float:

@@ -1,0 +1,207 @@
+r"""Score networks s_θ(x, t) ≈ ∇_x log p_t(x).
+
+* :class:`MLPScore` — a time-embedded multilayer perceptron for few degrees of freedom
+  (the toy model, Gaussian mixtures).
+* :class:`LatticeUNet` — the U-Net of the paper's App. A (Song's ScoreNet layout: channels
+  32, 64, 128, 256, Gaussian-Fourier time embedding, GroupNorm, swish, output divided by the
+  kernel width σ_t) adapted to lattice fields: every convolution pads *circularly*, so the
+  network commutes with lattice translations (all translations for stride 1 everywhere; shifts
+  by multiples of the total down-sampling factor otherwise), and an option makes it odd under
+  φ → −φ, the Z₂ symmetry of the φ⁴ action.
+
+Both divide their output by σ_t = √Ξ(t) of their SDE, so the network learns the O(1) quantity
+−σ_t s ≈ z of the denoising loss (eq. 3.4).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .sde import VESDE, VPSDE
+
+
+def sde_from_dict(d: dict):
+    """Rebuild an SDE from its ``to_dict()``."""
+    d = dict(d)
+    name = d.pop("name")
+    return {"ve": VESDE, "vp": VPSDE}[name](**d)
+
+
+class GaussianFourierEmbedding(nn.Module):
+    """Random Fourier features of time, [sin 2πWt, cos 2πWt] with fixed W ~ N(0, scale²)."""
+
+    def __init__(self, dim: int = 256, scale: float = 30.0, seed: int = 0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError("embedding dimension must be even")
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("W", torch.randn(dim // 2, generator=g) * scale)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        proj = 2 * math.pi * t[:, None] * self.W[None, :].to(t.dtype)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style sinusoidal embedding of t ∈ [0, 1] (frequencies 1 … max_freq)."""
+
+    def __init__(self, dim: int = 32, max_freq: float = 1000.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError("embedding dimension must be even")
+        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(max_freq), dim // 2)))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        proj = t[:, None] * self.freqs[None, :].to(t.dtype)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+def _times(t, x: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+class ScoreModel(nn.Module):
+    """Base class: stores its constructor configuration (for checkpoints) and its SDE."""
+
+    kind = "base"
+
+    def __init__(self, sde, odd: bool = False):
+        super().__init__()
+        self.sde = sde
+        self.odd = bool(odd)
+
+    @property
+    def config(self) -> dict:
+        return {"kind": self.kind, "sde": self.sde.to_dict(), "odd": self.odd, **self._config}
+
+    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise TypeError("subclasses implement raw()")
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Score s_θ(x, t) = h_θ(x, t)/σ_t; with ``odd``, h_θ is replaced by ½[h_θ(x) − h_θ(−x)]."""
+        t = _times(t, x)
+        h = self.raw(x, t)
+        if self.odd:
+            h = 0.5 * (h - self.raw(-x, t))
+        std = self.sde.marginal_std(t.double()).to(x.dtype)
+        return h / std.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class MLPScore(ScoreModel):
+    """MLP score for inputs of shape (batch, dim): [x, emb(t)] → hidden layers (SiLU) → dim."""
+
+    kind = "mlp"
+
+    def __init__(self, sde, dim: int = 1, hidden=(64, 64), embed_dim: int = 32, embedding: str = "sinusoidal",
+                 odd: bool = False):
+        super().__init__(sde, odd)
+        hidden = tuple(int(h) for h in hidden)
+        if dim < 1 or not hidden or min(hidden) < 1:
+            raise ValueError("dim and hidden sizes must be positive")
+        self._config = {"dim": dim, "hidden": list(hidden), "embed_dim": embed_dim, "embedding": embedding}
+        self.dim = dim
+        self.embed = (SinusoidalEmbedding(embed_dim) if embedding == "sinusoidal"
+                      else GaussianFourierEmbedding(embed_dim, scale=16.0))
+        layers, n_in = [], dim + embed_dim
+        for h in hidden:
+            layers += [nn.Linear(n_in, h), nn.SiLU()]
+            n_in = h
+        layers.append(nn.Linear(n_in, dim))
+        self.net = nn.Sequential(*layers)
+
+    def raw(self, x, t):
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"MLPScore expects inputs of shape (batch, {self.dim}), got {tuple(x.shape)}")
+        return self.net(torch.cat([x, self.embed(t)], dim=1))
+
+
+def _groups(c: int, pref: int) -> int:
+    g = min(pref, c)
+    while c % g:
+        g -= 1
+    return g
+
+
+class LatticeUNet(ScoreModel):
+    """U-Net score network for 2D lattice fields of shape (batch, L, L) (paper App. A).
+
+    Encoding: four 3×3 circular convolutions (1 → c₁ → c₂ → c₃ → c₄) with strides
+    ``strides``, each followed by a dense projection of the time embedding (added per channel),
+    GroupNorm and swish. Decoding: mirror image with skip connections (concatenation); a stride-2
+    level is undone by a 2×2 transposed convolution of stride 2, a stride-1 level by a circular
+    3×3 convolution. The output is divided by σ_t.
+
+    ``strides=(1, 1, 1, 1)`` (as in the authors' code) commutes with every lattice translation and
+    accepts any L; ``(1, 2, 2, 2)`` (Song's ScoreNet) needs L divisible by 8 and commutes with
+    translations by multiples of 8.
+    """
+
+    kind = "unet"
+
+    def __init__(self, sde, channels=(32, 64, 128, 256), strides=(1, 1, 1, 1), embed_dim: int = 256,
+                 embed_scale: float = 30.0, odd: bool = False):
+        super().__init__(sde, odd)
+        ch = tuple(int(c) for c in channels)
+        st = tuple(int(s) for s in strides)
+        if len(ch) != 4 or len(st) != 4 or min(ch) < 1 or any(s not in (1, 2) for s in st):
+            raise ValueError("need four positive channel numbers and four strides in {1, 2}")
+        self._config = {"channels": list(ch), "strides": list(st), "embed_dim": embed_dim, "embed_scale": embed_scale}
+        self.factor = math.prod(st)
+        self.embed = nn.Sequential(GaussianFourierEmbedding(embed_dim, embed_scale), nn.Linear(embed_dim, embed_dim))
+        act = nn.SiLU()
+        self.act = act
+
+        def down(cin, cout, s):
+            return nn.Conv2d(cin, cout, 3, stride=s, padding=1, padding_mode="circular", bias=False)
+
+        def up(cin, cout, s):
+            if s == 2:
+                return nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False)
+            return nn.Conv2d(cin, cout, 3, stride=1, padding=1, padding_mode="circular", bias=False)
+
+        cin = (1,) + ch[:3]
+        self.convs = nn.ModuleList([down(cin[i], ch[i], st[i]) for i in range(4)])
+        self.dense = nn.ModuleList([nn.Linear(embed_dim, ch[i]) for i in range(4)])
+        self.norms = nn.ModuleList([nn.GroupNorm(_groups(ch[0], 4), ch[0])] +
+                                   [nn.GroupNorm(_groups(ch[i], 32), ch[i]) for i in range(1, 4)])
+        # decoder: tconv4: c4 -> c3 ; tconv3: 2c3 -> c2 ; tconv2: 2c2 -> c1 ; tconv1: 2c1 -> 1
+        self.tconvs = nn.ModuleList([up(ch[3], ch[2], st[3]), up(2 * ch[2], ch[1], st[2]),
+                                     up(2 * ch[1], ch[0], st[1])])
+        self.tdense = nn.ModuleList([nn.Linear(embed_dim, c) for c in (ch[2], ch[1], ch[0])])
+        self.tnorms = nn.ModuleList([nn.GroupNorm(_groups(c, 32), c) for c in (ch[2], ch[1], ch[0])])
+        if st[0] == 2:
+            self.final = nn.ConvTranspose2d(2 * ch[0], 1, 2, stride=2)
+        else:
+            self.final = nn.Conv2d(2 * ch[0], 1, 3, stride=1, padding=1, padding_mode="circular")
+
+    def raw(self, x, t):
+        if x.ndim != 3 or x.shape[1] != x.shape[2]:
+            raise ValueError(f"LatticeUNet expects fields of shape (batch, L, L), got {tuple(x.shape)}")
+        if x.shape[1] % self.factor:
+            raise ValueError(f"lattice size {x.shape[1]} is not divisible by the U-Net's down-sampling factor "
+                             f"{self.factor} (strides {self._config['strides']})")
+        emb = self.act(self.embed(t))
+        h = x[:, None]
+        skips = []
+        for conv, dense, norm in zip(self.convs, self.dense, self.norms):
+            h = self.act(norm(conv(h) + dense(emb)[:, :, None, None]))
+            skips.append(h)
+        h = skips[-1]
+        for i, (tconv, dense, norm) in enumerate(zip(self.tconvs, self.tdense, self.tnorms)):
+            h = self.act(norm(tconv(h) + dense(emb)[:, :, None, None]))
+            h = torch.cat([h, skips[2 - i]], dim=1)
+        return self.final(h)[:, 0]
+
+
+def build_score_model(config: dict) -> ScoreModel:
+    """Instantiate a score network from its ``config`` (as stored in checkpoints)."""
+    c = dict(config)
+    kind = c.pop("kind")
+    sde = sde_from_dict(c.pop("sde"))
+    cls = {"mlp": MLPScore, "unet": LatticeUNet}.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown score model kind {kind!r}")
+    return cls(sde, **c)

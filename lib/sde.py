@@ -1,0 +1,142 @@
+r"""Forward SDEs of diffusion models (paper Sec. 3.1; Aarts talk, "Diffusion models in more detail").
+
+Both schemes are linear SDEs in the machine-learning convention ⟨η(t)η(t')⟩ = δ(t − t')
+(α = ½ in the paper's eq. 3.1):
+
+.. math:: dx = -\tfrac12 k(t)\, x\, dt + g(t)\, dW, \qquad g(t) = σ^{t/T}
+
+* variance expanding (VE, paper eq. 3.6): k = 0;
+* variance preserving (VP, DDPM-type): k(t) = g²(t), the same g as VE (as in the cumulant study).
+
+The solution is x(t) = f(t,0) x₀ + ∫₀ᵗ ds f(t,s) g(s) η(s) with
+f(t,s) = exp(−½∫ₛᵗ k) and noise variance Ξ(t) = ∫₀ᵗ ds f²(t,s) g²(s), so the perturbation
+kernel is p_t(x|x₀) = N(x; f(t,0)x₀, Ξ(t)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+def _as_tensor(t, like: torch.Tensor | None = None):
+    if isinstance(t, torch.Tensor):
+        return t
+    kw = {} if like is None else {"dtype": like.dtype, "device": like.device}
+    return torch.as_tensor(t, **({"dtype": torch.float64} | kw))
+
+
+def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample vector (batch,) — or a scalar — to broadcast against x (batch, ...)."""
+    v = v.to(dtype=x.dtype, device=x.device)
+    if v.ndim == 0:
+        return v
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@dataclass(frozen=True)
+class VESDE:
+    r"""Variance-expanding SDE: dx = σ^{t/T} dW (paper eq. 3.6 with T = 1).
+
+    .. math:: σ_t^2 ≡ Ξ(t) = ∫_0^t σ^{2s/T} ds = \frac{T(σ^{2t/T} - 1)}{2\ln σ}, \qquad f(t, s) = 1.
+    """
+
+    sigma: float = 25.0
+    T: float = 1.0
+
+    def __post_init__(self):
+        if not self.sigma > 1:
+            raise ValueError(f"sigma must be > 1, got {self.sigma}")
+        if not self.T > 0:
+            raise ValueError(f"T must be positive, got {self.T}")
+
+    name = "ve"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+    def g(self, t):
+        """Diffusion coefficient g(t) = σ^{t/T}."""
+        return self.sigma ** (_as_tensor(t) / self.T)
+
+    def k(self, t):
+        """Linear drift rate k(t) in f(x, t) = −½ k(t) x (zero for VE)."""
+        return torch.zeros_like(_as_tensor(t))
+
+    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Forward drift f(x, t) = −½ k(t) x."""
+        return -0.5 * _bcast(self.k(_as_tensor(t, x)), x) * x
+
+    def log_sigma(self) -> float:
+        return math.log(self.sigma)
+
+    def Xi(self, t):
+        """Noise variance Ξ(t) = T(σ^{2t/T} − 1)/(2 ln σ)."""
+        t = _as_tensor(t)
+        return self.T * (self.sigma ** (2 * t / self.T) - 1) / (2 * self.log_sigma())
+
+    def f(self, t, s=0.0):
+        """Decay factor f(t, s) = exp(−½∫ₛᵗ k) (= 1 for VE)."""
+        return torch.ones_like(_as_tensor(t) - _as_tensor(s))
+
+    def marginal_std(self, t):
+        """σ_t = √Ξ(t), the width of the perturbation kernel (paper eq. 3.6)."""
+        return torch.sqrt(self.Xi(t))
+
+    def marginal(self, x0: torch.Tensor, t):
+        """Mean f(t,0)·x₀ and std √Ξ(t) of p_t(x|x₀) (t per sample or scalar)."""
+        t = _as_tensor(t, x0)
+        return _bcast(self.f(t), x0) * x0, _bcast(self.marginal_std(t), x0)
+
+    def perturb(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = f(t,0) x₀ + √Ξ(t) z with z ~ N(0, 1) given."""
+        mean, std = self.marginal(x0, t)
+        return mean + std * noise
+
+    def prior_std(self) -> float:
+        """Std of the prior p_T (the data's contribution f(T,0)·x₀ is neglected)."""
+        return float(self.marginal_std(self.T))
+
+    def prior_sample(self, shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+        """Draw from the prior N(0, Ξ(T))."""
+        return self.prior_std() * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def prior_logp(self, x: torch.Tensor) -> torch.Tensor:
+        """log N(x; 0, Ξ(T)) summed over all but the batch axis."""
+        s2 = self.prior_std() ** 2
+        n = x[0].numel()
+        return -0.5 * (x * x).flatten(1).sum(1) / s2 - 0.5 * n * math.log(2 * math.pi * s2)
+
+    def reverse_drift(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
+        """Drift of the reverse SDE (paper eq. 3.2/3.5) in forward time: f − g² s."""
+        t = _as_tensor(t, x)
+        return self.drift(x, t) - _bcast(self.g(t) ** 2, x) * score
+
+    def ode_drift(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
+        """Probability-flow ODE drift (paper eq. 3.14 in the α = ½ convention): f − ½ g² s."""
+        t = _as_tensor(t, x)
+        return self.drift(x, t) - 0.5 * _bcast(self.g(t) ** 2, x) * score
+
+
+@dataclass(frozen=True)
+class VPSDE(VESDE):
+    r"""Variance-preserving (DDPM-type) SDE with the same g: dx = −½ g²(t) x dt + g(t) dW.
+
+    With u(t) = ∫₀ᵗ g² = Ξ_VE(t):  f(t, s) = e^{−(u(t) − u(s))/2},  Ξ(t) = 1 − e^{−u(t)},
+    so the prior is N(0, 1) for large u(T) and every cumulant κ_{n>2} decays as f(t,0)ⁿ.
+    """
+
+    name = "vp"
+
+    def _u(self, t):
+        return VESDE.Xi(self, t)
+
+    def k(self, t):
+        return self.g(t) ** 2
+
+    def f(self, t, s=0.0):
+        return torch.exp(-0.5 * (self._u(t) - self._u(s)))
+
+    def Xi(self, t):
+        return -torch.expm1(-self._u(t))
