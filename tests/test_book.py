@@ -27,7 +27,14 @@ import yaml
 # ==================================================================================================
 CI_PARAMETERS: dict[str, dict] = {
     "01_stochastic_quantisation": {},  # TODO(chapter author): fill in CI parameters
-    "02_lattice_phi4_hmc": {},  # TODO(chapter author): fill in CI parameters
+    "02_lattice_phi4_hmc": {
+        "L": 8, "N_TRAIN": 64, "N_TEST": 32, "EPS_SCAN": [0.05, 0.1, 0.25], "N_DH": 64, "N_ACC_CHAINS": 16,
+        "N_ACC_TRAJ": 3, "L_FREE": 8, "FREE_CHAINS": 16, "FREE_MEAS": 8, "FREE_GAP": 4, "THERM_CHAINS": 16,
+        "THERM_ORDERED": 4, "THERM_TRAJ": 200, "AC_CHAINS": 4, "AC_TRAJ": 300, "AC_TRAJ_OTHER": 300,
+        "METRO_SWEEPS": 300,
+        "DW_CHAINS": 8, "DW_TRAJ": 100, "BINDER_LS": [4, 8], "BINDER_KAPPAS": [0.24, 0.27, 0.30],
+        "BINDER_CHAINS": [16, 16], "BINDER_BURNIN": 50, "BINDER_TRAJ": 100,
+    },
 }
 
 # Wall-clock limit for one chapter under papermill, in seconds.

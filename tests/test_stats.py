@@ -1,0 +1,260 @@
+"""Statistics (jackknife, Γ-method) and observables (χ₂, U_L, cumulants) against exact results."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import lfilter
+
+from lib import observables as obs
+from lib.stats import ar1_tau_int, autocorrelation, jackknife, tau_int_fixed_window
+
+N_SIGMA = 4.0
+
+
+def assert_stat(estimate, error, exact, what, n_sigma=N_SIGMA):
+    assert error > 0 and np.isfinite(error), f"{what}: invalid error {error}"
+    dev = abs(estimate - exact)
+    assert dev < n_sigma * error, (
+        f"{what}: {estimate:.6g} ± {error:.2g} vs exact {exact:.6g} ({dev / error:.1f} sigma)")
+
+
+def ar1(a, n, seed, burn=5000):
+    """x_{t+1} = a x_t + η_t, η ~ N(0, 1); stationary variance 1/(1 − a²)."""
+    rng = np.random.default_rng(seed)
+    return lfilter([1.0], [1.0, -a], rng.standard_normal(n + burn))[burn:]
+
+
+# ---------------------------------------------------------------------------- jackknife
+def test_jackknife_of_mean_is_standard_error():
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=777)
+    val, err = jackknife(np.mean, x)
+    assert val == pytest.approx(x.mean(), rel=1e-14)
+    assert err == pytest.approx(x.std(ddof=1) / math.sqrt(len(x)), rel=1e-10)
+
+
+def test_blocked_jackknife_of_mean_is_standard_error_of_block_means():
+    x = np.random.default_rng(1).normal(size=1200)
+    for nb in (2, 10, 40, 600):
+        val, err = jackknife(np.mean, x, n_blocks=nb)
+        bm = x.reshape(nb, -1).mean(1)
+        assert err == pytest.approx(bm.std(ddof=1) / math.sqrt(nb), rel=1e-10), nb
+
+
+def test_jackknife_handles_multidimensional_samples_and_rejects_bad_input():
+    data = np.random.default_rng(2).normal(size=(50, 3))
+    val, err = jackknife(lambda d: d[:, 0].mean() + d[:, 2].mean(), data)
+    s = data[:, 0] + data[:, 2]
+    assert err == pytest.approx(s.std(ddof=1) / math.sqrt(50), rel=1e-10)
+    with pytest.raises(ValueError):
+        jackknife(np.mean, np.array([1.0]))
+    with pytest.raises(ValueError):
+        jackknife(np.mean, np.arange(10.0), n_blocks=1)
+    with pytest.raises(ValueError):
+        jackknife(np.mean, np.arange(10.0), n_blocks=11)
+
+
+def test_jackknife_of_ratio_matches_delta_method():
+    rng = np.random.default_rng(3)
+    n = 4000
+    y = rng.normal(5.0, 1.0, n)
+    x = 2.0 * y + rng.normal(1.0, 1.5, n)
+    val, err = jackknife(lambda d: d[:, 0].mean() / d[:, 1].mean(), np.stack([x, y], 1))
+    r = x.mean() / y.mean()
+    cov = np.cov(x, y)
+    delta = math.sqrt((cov[0, 0] - 2 * r * cov[0, 1] + r**2 * cov[1, 1]) / n) / y.mean()
+    assert val == pytest.approx(r, rel=1e-14)
+    assert err == pytest.approx(delta, rel=0.02)
+
+
+def test_susceptibility_error_resamples_the_mean_too():
+    """χ = V(⟨M²⟩ − ⟨M⟩²) for M ~ N(3, 1): Var(sample variance) = 2σ⁴/(n−1). Resampling ⟨M²⟩ alone
+    with a fixed ⟨M⟩² would give an error √(4·9 + 2) ≈ 4.4 times larger."""
+    V, n = 16, 3000
+    m = np.random.default_rng(4).normal(3.0, 1.0, n)
+    configs = m[:, None, None] * np.ones((1, 4, 4))
+    chi, err = obs.susceptibility(configs)
+    assert chi == pytest.approx(V * m.var(), rel=1e-12)
+    assert err == pytest.approx(V * math.sqrt(2 / (n - 1)), rel=0.1)
+    chi_b, err_b = obs.susceptibility(configs, n_blocks=100)
+    assert chi_b == chi and err_b == pytest.approx(err, rel=0.3)
+
+
+def test_jackknife_error_is_honest_over_replicas():
+    """Over 200 independent replicas, the spread of χ matches the mean jackknife error."""
+    rng = np.random.default_rng(5)
+    chis, errs = [], []
+    for _ in range(200):
+        m = rng.normal(0.0, 0.5, 300)
+        c, e = jackknife(lambda d: np.mean(d**2) - np.mean(d) ** 2, m)
+        chis.append(c)
+        errs.append(e)
+    spread = np.std(chis, ddof=1)
+    # the standard deviation of a 200-sample std is ≈ 5%; allow 4σ
+    assert abs(np.mean(errs) / spread - 1) < 4 * 0.05
+
+
+# ---------------------------------------------------------------------------- autocorrelation
+@pytest.mark.parametrize("a,n,seed", [(0.5, 20000, 1), (0.9, 50000, 2)])
+def test_gamma_method_recovers_ar1_tau(a, n, seed):
+    x = ar1(a, n, seed)
+    res = autocorrelation(x)
+    exact = ar1_tau_int(a)
+    assert res.tau_int_error > 0
+    assert abs(res.tau_int - exact) < 3 * res.tau_int_error, (res.tau_int, res.tau_int_error, exact)
+    # the error of the mean includes 2τ_int: σ² = 2τ Var(x)/N with Var(x) = 1/(1 − a²)
+    exact_err = math.sqrt(2 * exact / (1 - a * a) / n)
+    assert res.error == pytest.approx(exact_err, rel=0.15)
+    assert abs(res.mean) < N_SIGMA * exact_err
+    # ρ(t) = a^t within Bartlett's error for the first few lags
+    for t in range(1, 4):
+        bartlett = math.sqrt(((1 + a * a) * (1 - a ** (2 * t)) / (1 - a * a) - 2 * t * a ** (2 * t)) / n)
+        assert abs(res.rho[t] - a**t) < N_SIGMA * bartlett
+        # the reported error of ρ(t) is Wolff's/Bartlett's (not the zeros pyerrors leaves outside the window)
+        assert res.rho_error[t] == pytest.approx(bartlett, rel=0.15)
+        assert abs(res.rho[t] - a**t) < N_SIGMA * res.rho_error[t]
+    assert np.all(np.isfinite(res.rho_error[: 2 * res.window])) and res.rho_error[0] == 0
+    assert len(res.tau_int_of_window) > res.window
+    # τ_int is Σ ρ up to the chosen window (pyerrors adds Wolff's O((2W+1)/N) bias correction)
+    assert res.tau_int == pytest.approx(res.tau_int_of_window[res.window], rel=2 * (2 * res.window + 1) / n)
+    assert res.rho[0] == pytest.approx(1.0)
+
+
+def test_gamma_method_on_replicas_and_white_noise():
+    rng = np.random.default_rng(6)
+    white = rng.standard_normal((5000, 4))
+    res = autocorrelation(white)
+    assert abs(res.tau_int - 0.5) < 3 * res.tau_int_error + 0.02
+    res2 = autocorrelation([ar1(0.8, 8000, s) for s in (7, 8, 9)])
+    assert abs(res2.tau_int - ar1_tau_int(0.8)) < 3 * res2.tau_int_error
+    with pytest.raises(ValueError):
+        autocorrelation(np.ones(100))
+    with pytest.raises(ValueError):
+        autocorrelation(np.arange(3.0))
+
+
+def test_fixed_window_underestimates_slow_chains():
+    """a = 0.99: τ_int = 99.5, but summing ρ(t) = a^t only to t_max = 100 gives
+    ½ + Σ_{t≤100} a^t ≈ 63.3. The automatic window gets the full value."""
+    a, n = 0.99, 200_000
+    x = ar1(a, n, 10, burn=20000)
+    fixed = tau_int_fixed_window(x, t_max=100)
+    truncated = 0.5 + sum(a**t for t in range(1, 101))
+    sigma_fixed = truncated * math.sqrt(2 * (2 * 100 + 1) / n)  # Madras–Sokal
+    assert abs(fixed - truncated) < N_SIGMA * sigma_fixed
+    assert fixed < ar1_tau_int(a) - 10 * sigma_fixed
+    res = autocorrelation(x)
+    assert abs(res.tau_int - ar1_tau_int(a)) < 3 * res.tau_int_error
+    assert res.tau_int > fixed + 2 * res.tau_int_error
+    # for a fast chain the fixed window is fine
+    y = ar1(0.5, 50000, 11)
+    assert tau_int_fixed_window(y, 100) == pytest.approx(1.5, abs=4 * 1.5 * math.sqrt(2 * 201 / 50000))
+
+
+# ---------------------------------------------------------------------------- observables
+def mixture_moments(s=0.25, n_max=8):
+    """Exact raw moments of ½[N(1, s²) + N(−1, s²)]: E[(1 + sZ)^n] for even n, 0 for odd n."""
+    gauss = {0: 1, 2: 1, 4: 3, 6: 15, 8: 105}  # E[Z^k]
+    m = [1.0]
+    for n in range(1, n_max + 1):
+        if n % 2:
+            m.append(0.0)
+        else:
+            m.append(sum(math.comb(n, k) * s**k * gauss[k] for k in range(0, n + 1, 2)))
+    return np.array(m)
+
+
+def test_cumulants_of_gaussian_vanish_beyond_second_order():
+    mu, sig = 0.7, 1.3
+    # raw moments of N(μ, σ²) from the moment generating function recursion m_n = μ m_{n−1} + (n−1)σ² m_{n−2}
+    m = [1.0, mu]
+    for n in range(2, 9):
+        m.append(mu * m[n - 1] + (n - 1) * sig**2 * m[n - 2])
+    k = obs.cumulants_from_moments(np.array(m))
+    assert k[1] == pytest.approx(mu, rel=1e-13)
+    assert k[2] == pytest.approx(sig**2, rel=1e-13)
+    for n in range(3, 9):
+        assert abs(k[n]) < 1e-10, (n, k[n])
+
+
+def test_cumulants_of_two_gaussian_mixture_are_exact():
+    """κ2 = 1.0625, κ4 = −2, κ6 = 16, κ8 = −272 (Aarts et al. 2410.21212)."""
+    k = obs.cumulants_from_moments(mixture_moments())
+    assert k[2] == pytest.approx(1.0625, rel=1e-13)
+    assert k[4] == pytest.approx(-2.0, rel=1e-12)
+    assert k[6] == pytest.approx(16.0, rel=1e-12)
+    assert k[8] == pytest.approx(-272.0, rel=1e-12)
+    for n in (1, 3, 5, 7):
+        assert k[n] == 0
+
+
+def test_site_cumulants_of_mixture_samples():
+    rng = np.random.default_rng(12)
+    n_conf, V = 2000, 16
+    x = rng.choice([-1.0, 1.0], size=(n_conf, 4, 4)) + 0.25 * rng.standard_normal((n_conf, 4, 4))
+    res = obs.site_cumulants(x)
+    exact = {2: 1.0625, 4: -2.0, 6: 16.0, 8: -272.0}
+    for n, (val, err) in res.items():
+        assert_stat(val, err, exact[n], f"site cumulant kappa_{n}")
+    # the estimate is the cumulant of the pooled sites
+    pooled = obs.cumulants_from_moments(np.array([np.mean(x**k) for k in range(9)]))
+    for n in exact:
+        assert res[n][0] == pytest.approx(pooled[n], rel=1e-10)
+
+
+def test_binder_cumulant_limits():
+    rng = np.random.default_rng(13)
+    n = 20000
+    gauss = rng.normal(0.0, 0.3, n)[:, None] * np.ones((1, 9))
+    u, e = obs.binder(gauss, n_blocks=200)
+    assert_stat(u, e, 0.0, "Binder of Gaussian M")
+    two = rng.choice([-0.8, 0.8], size=2000)[:, None] * np.ones((1, 9))
+    u2, e2 = obs.binder(two)
+    assert u2 == pytest.approx(2 / 3, rel=1e-12)
+    assert e2 < 1e-10
+    assert obs.binder_from_m(np.array([0.8, -0.8])) == pytest.approx(2 / 3)
+
+
+def test_magnetisation_observables():
+    c = np.array([[[1.0, -1.0], [2.0, 2.0]], [[-1.0, -1.0], [-1.0, -1.0]]])
+    np.testing.assert_allclose(obs.magnetisation(c), [1.0, -1.0])
+    np.testing.assert_allclose(obs.abs_magnetisation(c), [1.0, 1.0])
+    np.testing.assert_allclose(obs.mean_abs_field(c), [1.5, 1.0])
+    assert obs.susceptibility_from_m(np.array([1.0, -1.0]), 4) == pytest.approx(4.0)
+    np.testing.assert_allclose(obs.magnetisation(torch.tensor(c)), [1.0, -1.0])
+    s = obs.summary(np.random.default_rng(0).normal(size=(50, 4, 4)))
+    assert set(s) >= {"M", "absM", "chi2", "binder", "n_configs"} and s["n_configs"] == 50
+    with pytest.raises(ValueError):
+        obs.magnetisation(np.zeros(5))
+
+
+def test_two_point_of_white_noise_is_a_delta():
+    """Independent N(0, v) sites: G(x) = v δ_{x,0}; G̃(p) = v for all p."""
+    rng = np.random.default_rng(14)
+    v = 0.7
+    c = rng.normal(0.0, math.sqrt(v), size=(4000, 6, 6))
+    G = obs.two_point(c)
+    gp = obs.momentum_two_point(c)
+    # each G(x ≠ 0) averages 4000·36 products of variance v²: σ = v/√(144000)
+    sig = v / math.sqrt(c.shape[0] * 36)
+    assert abs(G[0, 0] - v) < N_SIGMA * v * math.sqrt(2 / (c.shape[0] * 36))
+    off = G.copy()
+    off[0, 0] = 0
+    assert np.max(np.abs(off)) < (N_SIGMA + 0.5) * sig
+    np.testing.assert_allclose(G.sum(), gp[0, 0] - c.shape[1] * c.shape[2] * obs.magnetisation(c).mean() ** 2, rtol=1e-8, atol=1e-8)
+    p, power = obs.radial_power_spectrum(c)
+    assert p[0] == 0 and np.all(np.diff(p) > 0)
+    assert np.allclose(power, v, rtol=0.1)
+
+
+def test_two_point_of_a_plane_wave():
+    """A deterministic configuration: G(x) = (1/V) Σ_y φ(y)φ(y+x) − M², checked by brute force."""
+    L = 6
+    y = np.arange(L)
+    phi = np.cos(2 * np.pi * y / L)[:, None] + 0.3 * np.sin(2 * np.pi * 2 * y / L)[None, :] + 0.1
+    G = obs.two_point(phi[None])
+    brute = np.zeros((L, L))
+    for dx in range(L):
+        for dy in range(L):
+            brute[dx, dy] = np.mean(phi * np.roll(phi, (-dx, -dy), (0, 1))) - phi.mean() ** 2
+    np.testing.assert_allclose(G, brute, atol=1e-12)
