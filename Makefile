@@ -26,6 +26,20 @@ PYTEST_ARGS ?=
 
 .PHONY: venv book test sync execute clean distclean
 
+define STRIP_PAPERMILL
+import sys, nbformat
+path = sys.argv[1]
+nb = nbformat.read(path, as_version=4)
+nb.metadata.pop("papermill", None)
+for cell in nb.cells:
+    for key in ("papermill", "execution"):
+        cell.metadata.pop(key, None)
+    if cell.metadata.get("tags") == []:
+        del cell.metadata["tags"]
+nbformat.write(nb, path)
+endef
+export STRIP_PAPERMILL
+
 venv: $(STAMP)
 
 $(STAMP): requirements.txt tests/requirements.txt
@@ -38,7 +52,7 @@ $(STAMP): requirements.txt tests/requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r tests/requirements.txt
 	@# A kernel named python3 inside the venv that runs the venv's interpreter, so that
 	@# papermill -k python3 and jupyter-book use it whatever else is on the machine.
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dmsq .venv)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	@touch $@
 
 book: $(STAMP)
@@ -49,11 +63,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 sync: $(STAMP)
+	@test -n "$(CHAPTERS_MD)" || { echo "no chapters book/NN_name.md to sync"; exit 0; }; \
 	$(VENV)/bin/jupytext --sync $(CHAPTERS_MD)
 
 execute: $(STAMP)
 	@test -n "$(CHAPTER)" || { echo "usage: make execute CHAPTER=book/NN_name.ipynb"; exit 2; }
 	cd $(dir $(CHAPTER)) && $(abspath $(VENV))/bin/papermill $(notdir $(CHAPTER)) $(notdir $(CHAPTER)) -k python3
+	@# drop papermill's timing metadata so that the paired .md (and diffs) stay clean
+	$(PY) -c "$$STRIP_PAPERMILL" $(CHAPTER)
 	$(VENV)/bin/jupytext --sync $(CHAPTER)
 
 clean:

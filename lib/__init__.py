@@ -12,6 +12,13 @@ fokker_planck the 1D Fokker–Planck equation (eq. 2.6) solved on a grid
 observables   M, |M|, χ₂, U_L, two-point functions, cumulants
 stats         jackknife, Γ-method autocorrelation times (pyerrors)
 ensemble      ensemble files with metadata, atomic writes, a metadata-keyed cache
+sde           VE (eq. 3.6) and VP forward SDEs: g(t), f(t, s), Ξ(t), perturbation kernels, priors
+gmm           Gaussian mixtures with exact diffused densities and scores
+networks      score networks: time-embedded MLP, circular lattice U-Net (App. A)
+training      denoising score matching (eq. 3.4), a resumable trainer, normalisation
+dm_sampling   reverse SDE (eq. 3.9), predictor–corrector, probability-flow ODE (3.14), likelihood (3.15)
+diffusion     the workflow: train on an ensemble, generate an ensemble from a checkpoint
+cli           ``python -m lib hmc | observables | train | sample``
 """
 __version__ = "0.1.0"
 
@@ -21,7 +28,11 @@ from .langevin import Langevin, langevin, langevin_step, langevin_moments
 from .hmc import HMC, cached_hmc_ensemble, hmc_chain, hmc_ensemble, leapfrog, hamiltonian
 from .metropolis import Metropolis
 from . import observables, stats, ensemble, fokker_planck
+from . import sde, gmm, networks, training, dm_sampling, diffusion
+from .sde import VESDE, VPSDE
+from .gmm import GaussianMixture
 
 __all__ = ["ToyModel", "Phi4", "Langevin", "langevin", "langevin_step", "langevin_moments", "HMC", "hmc_chain",
            "hmc_ensemble", "cached_hmc_ensemble", "leapfrog", "hamiltonian", "Metropolis", "observables", "stats", "ensemble",
-           "fokker_planck", "__version__"]
+           "fokker_planck", "sde", "gmm", "networks", "training", "dm_sampling", "diffusion", "VESDE", "VPSDE",
+           "GaussianMixture", "__version__"]

@@ -123,5 +123,36 @@ def generate_from_checkpoint(path, n: int, seed: int, lattice_shape=None, device
     return configs, records, state
 
 
+@torch.no_grad()
+def effective_action(score_fn, x_grid, t, device=None, dtype=None) -> np.ndarray:
+    r"""The effective action of a one-component score, integrated along a grid (paper eqs. 3.11, 3.20):
+
+    .. math:: S_{\rm DM}(φ, t) = -\int_{φ_0}^{φ} dφ'\, s(φ', t), \qquad ∂_φ S_{\rm DM} = -s,
+
+    so that e^{−S_DM(·, t)} ∝ p_t, the density whose score is ``s`` at diffusion time t (the
+    reverse-process time of the paper is τ = T − t). ``score_fn(x, t)`` takes x of shape (n, 1)
+    and t of shape (n,) — a trained :class:`lib.networks.MLPScore` with ``dim=1`` or an exact
+    score. The integral is the cumulative trapezoidal rule on ``x_grid`` (strictly increasing;
+    error O(h²) per unit length). The additive constant is fixed so that min S_DM = 0 on the grid;
+    the paper's shift ΔS₀ is then min S. ``device``/``dtype`` default to those of the
+    network's parameters (float64 on the CPU for a plain function).
+
+    Returns a numpy array of the same length as ``x_grid``.
+    """
+    x = np.asarray(x_grid, dtype=np.float64)
+    if x.ndim != 1 or x.size < 2 or not np.all(np.diff(x) > 0):
+        raise ValueError("x_grid must be a strictly increasing 1D grid of at least two points")
+    params = list(score_fn.parameters()) if isinstance(score_fn, torch.nn.Module) else []
+    if device is None:
+        device = params[0].device if params else torch.device("cpu")
+    if dtype is None:
+        dtype = params[0].dtype if params else torch.float64
+    xt = torch.as_tensor(x, dtype=dtype, device=device).reshape(-1, 1)
+    tt = torch.full((x.size,), float(t), dtype=dtype, device=device)
+    s = score_fn(xt, tt).reshape(-1).double().cpu().numpy()
+    S = -np.concatenate([[0.0], np.cumsum(0.5 * (s[1:] + s[:-1]) * np.diff(x))])
+    return S - S.min()
+
+
 __all__ = ["make_sde", "default_model", "train_score_model", "generate", "generate_from_checkpoint",
-           "check_lattice", "build_score_model"]
+           "check_lattice", "build_score_model", "effective_action"]

@@ -26,7 +26,13 @@ import yaml
 # The kernel also sees the environment variable DMSQ_CI=1 and a temporary DMSQ_CACHE.
 # ==================================================================================================
 CI_PARAMETERS: dict[str, dict] = {
-    "01_stochastic_quantisation": {},  # TODO(chapter author): fill in CI parameters
+    "01_stochastic_quantisation": {
+        "N_CHAINS": 2000, "DTAU": 0.05, "T_EARLY": 4.0, "T_LATE": 40.0, "DTAUS": [0.2, 0.1, 0.05, 0.025],
+        "N_CHAINS_BIAS": 2000, "T_THERM": 2.0, "T_MEAS": 4.0, "N_CHAINS_MALA": 1000, "FP_POINTS": 201,
+        "FP_T_MAX_DW": 8.0, "N_CHAINS_TUNNEL": 8, "T_TUNNEL": 1500.0, "L": 6, "LATTICE_DTAUS": [0.2, 0.1],
+        "N_CHAINS_LATTICE": 16, "LATTICE_T_THERM": 2.0, "LATTICE_T_MEAS": 4.0, "N_HMC": 32, "HMC_BURNIN": 10,
+        "HMC_SPACING": 2,
+    },
     "02_lattice_phi4_hmc": {
         "L": 8, "N_TRAIN": 64, "N_TEST": 32, "EPS_SCAN": [0.05, 0.1, 0.25], "N_DH": 64, "N_ACC_CHAINS": 16,
         "N_ACC_TRAJ": 3, "L_FREE": 8, "FREE_CHAINS": 16, "FREE_MEAS": 8, "FREE_GAP": 4, "THERM_CHAINS": 16,
@@ -34,6 +40,10 @@ CI_PARAMETERS: dict[str, dict] = {
         "METRO_SWEEPS": 300,
         "DW_CHAINS": 8, "DW_TRAJ": 100, "BINDER_LS": [4, 8], "BINDER_KAPPAS": [0.24, 0.27, 0.30],
         "BINDER_CHAINS": [16, 16], "BINDER_BURNIN": 50, "BINDER_TRAJ": 100,
+    },
+    "04_cumulants": {
+        "TORCH_THREADS": 1, "N_STEPS": 40, "N_EXACT": 2000, "N_RECORD": 6, "N_BLOCKS_T": 10, "N_TRAIN": 2000,
+        "EPOCHS": 1, "BATCH_SIZE": 256, "N_SAMPLES": 2000, "GEN_BATCH": 1024, "N_BLOCKS": 20,
     },
 }
 

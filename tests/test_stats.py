@@ -258,3 +258,22 @@ def test_two_point_of_a_plane_wave():
         for dy in range(L):
             brute[dx, dy] = np.mean(phi * np.roll(phi, (-dx, -dy), (0, 1))) - phi.mean() ** 2
     np.testing.assert_allclose(G, brute, atol=1e-12)
+
+
+def test_site_cumulant_difference_of_paired_ensembles():
+    """Paired jackknife: b = 2a gives κ_n(a) − κ_n(b) = (1 − 2ⁿ) κ_n(a) with (2ⁿ − 1) times its error."""
+    rng = np.random.default_rng(15)
+    a = rng.choice([-1.0, 1.0], size=(3000, 2)) + 0.25 * rng.standard_normal((3000, 2))
+    single = obs.site_cumulants(a, n_blocks=50)
+    diff = obs.site_cumulant_difference(a, 2 * a, n_blocks=50)
+    for n, (val, err) in diff.items():
+        assert val == pytest.approx((1 - 2**n) * single[n][0], rel=1e-9)
+        assert err == pytest.approx((2**n - 1) * single[n][1], rel=1e-9)
+    same = obs.site_cumulant_difference(a, a.copy(), orders=(2, 4))
+    assert all(v == 0 and e == 0 for v, e in same.values())
+    # unpaired: the value is the difference of the two estimates
+    b = rng.standard_normal((3000, 2))
+    d = obs.site_cumulant_difference(a, b, orders=(2,), n_blocks=30)[2]
+    assert d[0] == pytest.approx(obs.site_cumulants(a, (2,))[2][0] - obs.site_cumulants(b, (2,))[2][0], rel=1e-9)
+    with pytest.raises(ValueError, match="same number"):
+        obs.site_cumulant_difference(a, b[:10])
