@@ -66,8 +66,15 @@ def autocorrelation(series, S: float = 2.0, name: str = "chain") -> Autocorrelat
     .. math:: τ_\mathrm{int} = \tfrac12 + \sum_{t=1}^{W} ρ(t), \qquad ρ(t) = Γ(t)/Γ(0)
 
     (paper eq. 4.14 with t_max chosen automatically). ``series`` is one chain (1-d) or several
-    independent replicas of equal or different length (a list of 1-d arrays).
+    independent replicas of equal or different length (a list of 1-d arrays, or the columns of a
+    2-d array).
+
+    Caveat: with several replicas, pyerrors measures fluctuations about each replica's own mean.
+    Chains much shorter than τ_int (e.g. stuck in different vacua of the broken phase) then look
+    decorrelated and τ_int comes out too small; compare the spread of the replica means with the
+    quoted error, or analyse fewer, longer chains.
     """
+    name = name.replace("|", "/")  # "|" separates replica names in pyerrors
     import pyerrors as pe
 
     if isinstance(series, np.ndarray) and series.ndim == 1:

@@ -29,7 +29,7 @@ CI_PARAMETERS: dict[str, dict] = {
     "01_stochastic_quantisation": {
         "N_CHAINS": 2000, "DTAU": 0.05, "T_EARLY": 4.0, "T_LATE": 40.0, "DTAUS": [0.2, 0.1, 0.05, 0.025],
         "N_CHAINS_BIAS": 2000, "T_THERM": 2.0, "T_MEAS": 4.0, "N_CHAINS_MALA": 1000, "FP_POINTS": 201,
-        "FP_T_MAX_DW": 8.0, "N_CHAINS_TUNNEL": 8, "T_TUNNEL": 1500.0, "L": 6, "LATTICE_DTAUS": [0.2, 0.1],
+        "FP_T_MAX_DW": 8.0, "L": 6, "LATTICE_DTAUS": [0.2, 0.1],
         "N_CHAINS_LATTICE": 16, "LATTICE_T_THERM": 2.0, "LATTICE_T_MEAS": 4.0, "N_HMC": 32, "HMC_BURNIN": 10,
         "HMC_SPACING": 2,
     },
@@ -41,9 +41,20 @@ CI_PARAMETERS: dict[str, dict] = {
         "DW_CHAINS": 8, "DW_TRAJ": 100, "BINDER_LS": [4, 8], "BINDER_KAPPAS": [0.24, 0.27, 0.30],
         "BINDER_CHAINS": [16, 16], "BINDER_BURNIN": 50, "BINDER_TRAJ": 100,
     },
+    "03_diffusion_sdes": {
+        "TORCH_THREADS": 1, "N_FORWARD": 2000, "FP_POINTS_VE": 401, "FP_POINTS_VP": 201, "FP_SUBSTEPS": 10,
+        "N_REVERSE": 1000, "N_STEPS": 100, "N_2D": 200, "N_STEPS_2D": 50, "GRID_2D": 9, "N_FRAMES": 4, "N_DSM": 4000,
+        "DSM_BATCHES": 4, "N_TRAIN": 512, "EPOCHS": 2, "N_SAMPLES": 1000, "N_ODE": 500, "N_PATHS": 8,
+        "HUTCHINSON_PROBES": [1, 4], "HUTCHINSON_REPEATS": 5,
+    },
     "04_cumulants": {
         "TORCH_THREADS": 1, "N_STEPS": 40, "N_EXACT": 2000, "N_RECORD": 6, "N_BLOCKS_T": 10, "N_TRAIN": 2000,
-        "EPOCHS": 1, "BATCH_SIZE": 256, "N_SAMPLES": 2000, "GEN_BATCH": 1024, "N_BLOCKS": 20,
+        "EPOCHS": 2, "BATCH_SIZE": 256, "CHECK_EPOCHS": [1], "N_CHECK": 1000, "N_SAMPLES": 2000, "GEN_BATCH": 1024,
+        "N_BLOCKS": 20,
+    },
+    "05_toy_effective_action": {
+        "N_TRAIN": 256, "EPOCHS": 3, "N_GEN": 128, "N_STEPS": 50, "N_PHI": 201, "N_TAU_FLOW": 20, "N_EVAL": 512,
+        "N_T_EVAL": 16,
     },
 }
 

@@ -106,3 +106,58 @@ def test_not_an_ensemble(tmp_path):
 def test_no_command_and_unknown_command():
     _one_line_error(run())
     _one_line_error(run("frobnicate"))
+
+
+# ---------------------------------------------------------------- diffusion: train / sample
+@pytest.fixture(scope="module")
+def checkpoint(ensemble, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dm") / "model.pt"
+    r = run("train", ensemble, "--out", out, "--epochs", 1, "--channels", "4,8,8,8", "--strides", "1,1,1,1",
+            "--seed", 0, "--normalise", "maxabs", "--z2-augment", "--n-train", 128, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_train_then_sample_round_trip(checkpoint, tmp_path):
+    import torch
+
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["hyperparameters"]["z2_augment"] and state["hyperparameters"]["n_train"] == 128
+    assert state["metadata"]["theory"]["L"] == 6  # the checkpoint knows what it was trained on
+    out = tmp_path / "gen.npz"
+    r = run("sample", checkpoint, "--n", 5, "--out", out, "--seed", 1, "--steps", 10, "--L", 8, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    from lib.ensemble import load_ensemble
+
+    ens = load_ensemble(out)
+    assert ens.configs.shape == (5, 8, 8) and ens.metadata["sampler"] == "dm"
+    assert ens.metadata["theory"]["L"] == 8 and ens.metadata["theory"]["kappa"] == 0.2
+    r = run("observables", out, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["L"] == 8
+
+
+def test_train_on_lattice_the_unet_cannot_take(ensemble, tmp_path):
+    # L = 6 is not divisible by the down-sampling factor 8 of strides 1,2,2,2
+    r = run("train", ensemble, "--out", tmp_path / "m.pt", "--epochs", 1, "--channels", "4,8,8,8",
+            "--strides", "1,2,2,2", "--seed", 0, "--no-progress")
+    assert "divisible" in _one_line_error(r)
+
+
+def test_sample_errors(checkpoint, ensemble, tmp_path):
+    assert "not a" in _one_line_error(run("sample", ensemble, "--n", 2, "--out", tmp_path / "a.npz", "--seed", 0))
+    assert "no such" in _one_line_error(run("sample", tmp_path / "none.pt", "--n", 2, "--out", tmp_path / "a.npz",
+                                            "--seed", 0))
+    existing = tmp_path / "e.npz"
+    existing.write_bytes(b"x")
+    assert "exists" in _one_line_error(run("sample", checkpoint, "--n", 2, "--out", existing, "--seed", 0))
+
+
+def test_train_errors(checkpoint, ensemble, tmp_path):
+    assert "exists" in _one_line_error(run("train", ensemble, "--out", checkpoint, "--epochs", 1, "--seed", 0,
+                                           "--channels", "4,8,8,8", "--strides", "1,1,1,1"))
+    assert "symmetric" in _one_line_error(run("train", ensemble, "--out", tmp_path / "z.pt", "--epochs", 1,
+                                              "--seed", 0, "--channels", "4,8,8,8", "--strides", "1,1,1,1",
+                                              "--normalise", "minmax", "--z2-augment"))
+    assert "other hyperparameters" in _one_line_error(run(
+        "train", ensemble, "--out", checkpoint, "--epochs", 2, "--seed", 5, "--channels", "4,8,8,8",
+        "--strides", "1,1,1,1", "--normalise", "maxabs", "--z2-augment", "--n-train", 128, "--resume"))
