@@ -13,14 +13,7 @@ from lib.stats import autocorrelation, jackknife
 
 torch.set_num_threads(1)
 
-N_SIGMA = 4.0
-
-
-def assert_stat(estimate, error, exact, what, n_sigma=N_SIGMA):
-    assert error > 0 and np.isfinite(error), f"{what}: invalid error {error}"
-    dev = abs(estimate - exact)
-    assert dev < n_sigma * error, (
-        f"{what}: {estimate:.6g} ± {error:.2g} vs exact {exact:.6g} ({dev / error:.1f} sigma)")
+from helpers import N_SIGMA, assert_stat  # noqa: E402
 
 
 def randn(shape, seed):

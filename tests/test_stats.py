@@ -9,14 +9,7 @@ from scipy.signal import lfilter
 from lib import observables as obs
 from lib.stats import ar1_tau_int, autocorrelation, jackknife, tau_int_fixed_window
 
-N_SIGMA = 4.0
-
-
-def assert_stat(estimate, error, exact, what, n_sigma=N_SIGMA):
-    assert error > 0 and np.isfinite(error), f"{what}: invalid error {error}"
-    dev = abs(estimate - exact)
-    assert dev < n_sigma * error, (
-        f"{what}: {estimate:.6g} ± {error:.2g} vs exact {exact:.6g} ({dev / error:.1f} sigma)")
+from helpers import N_SIGMA, assert_stat  # noqa: E402
 
 
 def ar1(a, n, seed, burn=5000):
