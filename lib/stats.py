@@ -131,3 +131,10 @@ def tau_int_fixed_window(series, t_max: int = 100) -> float:
 def ar1_tau_int(a: float) -> float:
     """Exact τ_int = ½(1 + a)/(1 − a) of an AR(1) process x_{t+1} = a x_t + noise."""
     return 0.5 * (1 + a) / (1 - a)
+
+
+def mean_sem(x, axis: int = 0):
+    """Mean of independent samples (e.g. independent chains) and its standard error
+    σ/√n — equal to the delete-one jackknife error of a mean, at O(n) cost."""
+    x = np.asarray(x, dtype=float)
+    return x.mean(axis=axis), x.std(axis=axis, ddof=1) / np.sqrt(x.shape[axis])

@@ -1,0 +1,54 @@
+"""Formatting of results for the chapters: value ± error strings and tables that render as
+HTML in notebooks and in the book (myst-nb shows Markdown output as plain text)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def pm(value, error, sig: int = 2) -> str:
+    """'value ± error' with the error rounded to ``sig`` significant digits."""
+    if not (np.isfinite(error) and error > 0):
+        return f"{value:.4g} ± {error:.2g}"
+    digits = max(0, sig - 1 - int(math.floor(math.log10(error))))
+    return f"{value:.{digits}f} ± {error:.{digits}f}"
+
+
+def paren(value, error, sig: int = 2) -> str:
+    """'value(error)', the compact notation, with ``sig`` significant digits of the error."""
+    if not (np.isfinite(error) and error > 0):
+        return f"{value:.4g}"
+    digits = max(0, sig - 1 - int(math.floor(math.log10(error))))
+    e = round(error * 10**digits)
+    if e >= 10**sig and digits > 0:  # the error rounded up to the next decade
+        digits -= 1
+        e = round(error * 10**digits)
+    return f"{value:.{digits}f}({e})"
+
+
+class Table:
+    """A table that shows as HTML in notebooks and in the book, and as aligned text elsewhere."""
+
+    def __init__(self, header, rows):
+        self.header, self.rows = [str(h) for h in header], [[str(c) for c in r] for r in rows]
+
+    def _repr_html_(self):
+        def esc(x):
+            return x.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+        head = "".join(f"<th>{esc(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self):
+        cols = [self.header] + self.rows
+        w = [max(len(r[i]) for r in cols) for i in range(len(self.header))]
+        return "\n".join("  ".join(c.ljust(n) for c, n in zip(r, w)) for r in cols)
+
+
+def table(header, rows) -> None:
+    """Display a :class:`Table` (in a notebook; prints elsewhere)."""
+    from IPython.display import display
+
+    display(Table(header, rows))
