@@ -7,7 +7,10 @@
   paper's 5.80, 6.54, 8.63 s,
 * the toy model's training time (5120 samples, MLP, 500 epochs; paper: 35 s on a laptop).
 
-    python benchmarks/dm_throughput.py [--quick] [--json OUT]
+    python benchmarks/dm_throughput.py [--quick] [--channels 32,64,128,256] [--json OUT]
+
+``--channels`` sets the U-Net widths (default: the paper's 32-64-128-256; the reduced-scale CPU
+runs of chapters 4, 6 and 7 use 16,32,64,128).
 
 With --quick, epochs and sample counts are scaled down and the per-epoch / per-sample rates
 are extrapolated (stated in the output).
@@ -39,9 +42,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+CHANNELS = (32, 64, 128, 256)
+
+
 def unet(device, dtype, strides=(1, 2, 2, 2)):
     torch.manual_seed(0)
-    return LatticeUNet(lib.VESDE(25.0), strides=strides).to(device=device, dtype=dtype)
+    return LatticeUNet(lib.VESDE(25.0), channels=CHANNELS, strides=strides).to(device=device, dtype=dtype)
 
 
 def bench_forward(device, dtype, batch, min_time):
@@ -100,9 +106,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--channels", default="32,64,128,256", help="U-Net channels, four numbers")
     a = ap.parse_args()
+    global CHANNELS
+    CHANNELS = tuple(int(c) for c in a.channels.split(","))
+    if len(CHANNELS) != 4:
+        ap.error("--channels needs four numbers")
+    chan = "-".join(map(str, CHANNELS))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    out = {"hardware": {}, "rows": []}
+    out = {"hardware": {}, "channels": list(CHANNELS), "rows": []}
     for device in devices:
         hw = hardware_summary(device)
         out["hardware"][device.type] = hw
@@ -110,11 +122,11 @@ def main():
         gpu = device.type == "cuda"
         dtype = torch.float32
         fwd = bench_forward(device, dtype, 1024 if gpu else 64, 1.0 if a.quick else 3.0)
-        print(f"{device.type}: U-Net (channels 32-64-128-256, strides 1-2-2-2) forward, L=32, float32: "
+        print(f"{device.type}: U-Net (channels {chan}, strides 1-2-2-2) forward, L=32, float32: "
               f"{fwd:.0f} configurations/s")
         batch, steps = (4096, 500) if gpu else ((16, 10) if a.quick else (64, 50))
         smp = bench_sampling(device, dtype, batch, steps)
-        print(f"{device.type}: Euler-Maruyama 500 steps, L=32, batch {batch} (timed over {steps} steps): "
+        print(f"{device.type}: Euler-Maruyama 500 steps, U-Net {chan}, L=32, float32, batch {batch} (timed over {steps} steps): "
               f"{smp:.2f} configurations/s  (x{smp / PAPER_SAMPLES_PER_S:.3g} the paper's {PAPER_SAMPLES_PER_S}/s "
               "on an RTX 3090)")
         rows = [dict(device=device.type, what="unet_forward_per_s", value=fwd),
@@ -124,7 +136,7 @@ def main():
             for amp in ((False, True) if gpu else (False,)):
                 sec = bench_epoch(device, dtype, L, n_train, amp)
                 prec = "bf16 autocast" if amp else "float32"
-                print(f"{device.type}: training epoch (5120 configs, batch 64), L={L}, {prec}: {sec:.2f} s, "
+                print(f"{device.type}: training epoch (5120 configs, batch 64), U-Net {chan}, L={L}, {prec}: {sec:.2f} s, "
                       f"timed on {n_train} configurations (paper: {PAPER_EPOCH_S[L]} s; ours is "
                       f"{PAPER_EPOCH_S[L] / sec:.3g}x as fast)")
                 rows.append(dict(device=device.type, what="epoch_seconds", L=L, precision=prec, value=sec,

@@ -6,10 +6,12 @@ toy_model     the 0D model S = μ²/2 φ² + g/4! φ⁴ with exact results by qu
 phi4          lattice φ⁴ in d dimensions (eqs. 4.2–4.4) and the exact free field
 langevin      stochastic quantisation: the discretised Langevin equation (eq. 2.15)
 markov        the batched Markov-chain base class (state, run loop, save/resume)
-hmc           Hybrid Monte Carlo: leapfrog, batched chains, the paper's protocol, resumable state
+hmc           Hybrid Monte Carlo: leapfrog, batched chains, the paper's protocol (hot or ordered
+              starts, one or more configurations per chain), resumable state
 metropolis    local Metropolis with checkerboard sweeps
 fokker_planck the 1D Fokker–Planck equation (eq. 2.6) solved on a grid
-observables   M, |M|, χ₂, U_L, two-point functions, cumulants
+observables   M, |M|, χ₂, U_L, vacuum and domain-wall fractions, two-point functions, power
+              spectra and mode correlations, block averages, cumulants
 stats         jackknife, Γ-method autocorrelation times (pyerrors)
 ensemble      ensemble files with metadata, atomic writes, a metadata-keyed cache
 sde           VE (eq. 3.6) and VP forward SDEs: g(t), f(t, s), Ξ(t), perturbation kernels, priors
@@ -17,7 +19,8 @@ gmm           Gaussian mixtures with exact diffused densities and scores
 networks      score networks: time-embedded MLP, circular lattice U-Net (App. A)
 training      denoising score matching (eq. 3.4), a resumable trainer, normalisation
 dm_sampling   reverse SDE (eq. 3.9), predictor–corrector, probability-flow ODE (3.14), likelihood (3.15)
-diffusion     the workflow: train on an ensemble, generate an ensemble from a checkpoint
+diffusion     the workflow: train on an ensemble, generate an ensemble from a checkpoint, and the
+              cached versions keyed by every setting (cached_score_model, cached_dm_ensemble)
 cli           ``python -m lib hmc | observables | train | sample``
 """
 __version__ = "0.1.0"

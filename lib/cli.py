@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--eps", type=float, default=0.01, help="leapfrog step (paper: 0.01)")
     h.add_argument("--n-steps", type=_positive_int, default=100, help="leapfrog steps per trajectory (paper: 100)")
     h.add_argument("--batch-size", type=_positive_int, default=1024, help="chains updated together")
+    h.add_argument("--start", choices=["hot", "ordered", "cold"], default="hot",
+                   help="hot (paper), or ordered: the classical vacuum with a random sign (broken phase)")
+    h.add_argument("--per-chain", type=_positive_int, default=1,
+                   help="configurations kept per chain, --n-spacing apart (paper: 1)")
     h.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     h.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     h.add_argument("--checkpoint-dir", type=Path, default=None, help="save sampler state here; rerun to resume")
@@ -87,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="field rescaling before training (authors: minmax)")
     t.add_argument("--z2-augment", action="store_true", help="flip the sign of training configurations at random")
     t.add_argument("--odd", action="store_true", help="make the network odd under phi -> -phi")
+    t.add_argument("--zero-mode-head", action="store_true",
+                   help="U-Net with a path for the magnetisation (zero mode) of the score (chapter 6)")
     t.add_argument("--ema", type=float, default=None, help="EMA decay of the weights, e.g. 0.999")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use only the first N configurations")
     t.add_argument("--seed", type=_nonneg_int, required=True)
@@ -167,7 +173,8 @@ def cmd_train(a) -> int:
     sde = make_sde(a.sde, a.sigma)
     try:
         model = default_model(sde, configs.shape[1:], channels=_ints(a.channels, "channels", 4),
-                              strides=_ints(a.strides, "strides", 4), odd=a.odd, hidden=_ints(a.hidden, "hidden"))
+                              strides=_ints(a.strides, "strides", 4), odd=a.odd, hidden=_ints(a.hidden, "hidden"),
+                              zero_mode_head=a.zero_mode_head)
         check_lattice(model, {"lattice_shape": list(configs.shape[1:])}, None)
         meta = {"training_ensemble": {k: ens.metadata.get(k) for k in ("theory", "sampler", "settings", "seed")},
                 "theory": ens.metadata.get("theory"), "normalisation": a.normalise}
@@ -230,6 +237,8 @@ def cmd_hmc(a) -> int:
         raise CLIError(f"directory {a.out.parent} does not exist")
     if not a.eps > 0:
         raise CLIError(f"--eps must be positive, got {a.eps}")
+    if a.n_configs % a.per_chain:
+        raise CLIError(f"--n-configs {a.n_configs} is not a multiple of --per-chain {a.per_chain}")
     try:
         theory = Phi4(L=a.L, kappa=a.kappa, lam=a.lam, d=a.d)
     except ValueError as exc:
@@ -238,10 +247,11 @@ def cmd_hmc(a) -> int:
     dtype = getattr(torch, a.dtype)
     configs, info = hmc_ensemble(theory, a.n_configs, a.seed, n_burnin=a.n_burnin, n_spacing=a.n_spacing,
                                  eps=a.eps, n_steps=a.n_steps, batch_size=a.batch_size, device=device, dtype=dtype,
-                                 progress_bar=not a.no_progress, checkpoint_dir=a.checkpoint_dir)
+                                 progress_bar=not a.no_progress, checkpoint_dir=a.checkpoint_dir,
+                                 start=a.start, n_per_chain=a.per_chain)
     settings = {"protocol": "independent-chains", "n_configs": a.n_configs, "n_burnin": a.n_burnin,
                 "n_spacing": a.n_spacing, "eps": a.eps, "n_steps": a.n_steps, "batch_size": a.batch_size,
-                "dtype": a.dtype}
+                "dtype": a.dtype, "start": a.start, "n_per_chain": a.per_chain}
     meta = make_metadata(theory, "hmc", settings, a.seed, acceptance=info["acceptance"], device=str(device))
     save_ensemble(a.out, configs, meta, overwrite=a.force)
     print(f"wrote {a.n_configs} configurations to {a.out} (acceptance {info['acceptance']:.3f})", file=sys.stderr)

@@ -4,6 +4,7 @@ ensemble from a checkpoint (in the same file format as HMC ensembles).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +26,12 @@ def make_sde(kind: str = "ve", sigma: float = 25.0, T: float = 1.0):
 
 
 def default_model(sde, lattice_shape, channels=(32, 64, 128, 256), strides=(1, 2, 2, 2), odd=False,
-                  hidden=(64, 64), embed_dim=None):
-    """A U-Net for 2D lattices, an MLP for flat inputs of few degrees of freedom."""
+                  hidden=(64, 64), embed_dim=None, zero_mode_head: bool = False):
+    """A U-Net for 2D lattices (optionally with a zero-mode head, see :class:`lib.networks.LatticeUNet`),
+    an MLP for flat inputs of few degrees of freedom."""
     if len(lattice_shape) == 2:
-        return LatticeUNet(sde, channels=channels, strides=strides, odd=odd, embed_dim=embed_dim or 256)
+        return LatticeUNet(sde, channels=channels, strides=strides, odd=odd, embed_dim=embed_dim or 256,
+                           zero_mode_head=zero_mode_head)
     if len(lattice_shape) == 1:
         return MLPScore(sde, dim=lattice_shape[0], hidden=hidden, odd=odd, embed_dim=embed_dim or 32)
     raise ValueError(f"no default score network for lattice shape {lattice_shape}")
@@ -155,4 +158,161 @@ def effective_action(score_fn, x_grid, t, device=None, dtype=None) -> np.ndarray
 
 
 __all__ = ["make_sde", "default_model", "train_score_model", "generate", "generate_from_checkpoint",
-           "check_lattice", "build_score_model", "effective_action"]
+           "check_lattice", "build_score_model", "effective_action", "score_model_request", "cached_score_model",
+           "cached_dm_ensemble", "tweedie_denoise"]
+
+
+# ---------------------------------------------------------------------------- cached workflow
+def _request_hash(request: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def score_model_request(ensemble, model, *, n_train: int, epochs: int, seed: int, batch_size: int = 64,
+                        lr: float = 1e-3, ema_decay: float | None = None, z2_augment: bool = False,
+                        normalisation: str = "minmax", amp: bool = False, dtype=torch.float32) -> dict:
+    """The JSON request that identifies a trained score model: the training ensemble (its own
+    request key), how many of its configurations, the network and SDE, and every training
+    setting. Two calls with equal requests train the same model (up to the device)."""
+    from .ensemble import lib_version, request_key
+
+    return {"kind": "dm-score-model", "training_ensemble": request_key(ensemble.metadata),
+            "theory": ensemble.metadata.get("theory"), "n_train": int(n_train), "model": model.config,
+            "epochs": int(epochs), "seed": int(seed), "batch_size": int(batch_size), "lr": float(lr),
+            "ema_decay": ema_decay, "z2_augment": bool(z2_augment), "normalisation": normalisation,
+            "amp": bool(amp), "dtype": str(dtype).replace("torch.", ""), "lib_version": lib_version()}
+
+
+def cached_score_model(ensemble, model, *, epochs: int, seed: int, n_train: int | None = None, batch_size: int = 64,
+                       lr: float = 1e-3, ema_decay: float | None = None, z2_augment: bool = False,
+                       normalisation: str = "minmax", amp: bool = False, dtype=torch.float32, device=None,
+                       cache_dir=None, progress_bar: bool = True, verbose: bool = True):
+    """Train a score network on the first ``n_train`` configurations of ``ensemble`` (an
+    :class:`lib.ensemble.Ensemble`), or load it if a model with exactly these settings is cached.
+
+    ``model`` gives the architecture only (``model.config``); the network is initialised afresh
+    from ``seed``, which also seeds the training, so the request determines the result.
+
+    The checkpoint ``dm-<hash>.pt`` in the cache directory (``$DMSQ_CACHE``) is written after
+    every epoch, so an interrupted run resumes where it stopped; a finished checkpoint whose
+    stored request equals this one is reused, anything else is refused, never overwritten.
+
+    Returns ``(sampling_model, state, path)``: the model with EMA weights if EMA is on, in eval
+    mode; the checkpoint dictionary (``state["history"]`` is the loss per epoch,
+    ``state["metadata"]`` holds the normaliser, the lattice shape and the request).
+    """
+    from .ensemble import cache_lock, default_cache_dir
+
+    n_train = len(ensemble) if n_train is None else int(n_train)
+    if not 1 <= n_train <= len(ensemble):
+        raise ValueError(f"n_train must lie between 1 and {len(ensemble)}, got {n_train}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    request = score_model_request(ensemble, model, n_train=n_train, epochs=epochs, seed=seed,
+                                  batch_size=batch_size, lr=lr, ema_decay=ema_decay, z2_augment=z2_augment,
+                                  normalisation=normalisation, amp=amp, dtype=dtype)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"dm-{_request_hash(request)}.pt"
+    # the initial weights are part of the request through the seed: rebuild the network from its
+    # configuration with the global RNG seeded by ``seed`` (and restored afterwards)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_score_model(model.config)
+    with cache_lock(path):
+        return _train_or_load(path, request, ensemble, model, n_train, epochs, seed, batch_size, lr, ema_decay,
+                              z2_augment, normalisation, device, amp, dtype, progress_bar, verbose)
+
+
+def _train_or_load(path, request, ensemble, model, n_train, epochs, seed, batch_size, lr, ema_decay, z2_augment,
+                   normalisation, device, amp, dtype, progress_bar, verbose):
+    from .training import load_checkpoint
+
+    if path.exists():
+        state = load_checkpoint(path)
+        if state.get("metadata", {}).get("request") != request:
+            raise ValueError(f"cache file {path} holds a different model; it was not overwritten — remove it by hand")
+        if state["epoch"] >= epochs:
+            if verbose:
+                print(f"loaded cached score model {path} ({state['epoch']} epochs)")
+            model, state = load_model(path, device=device, ema=True)
+            return model, state, path
+        if verbose:
+            print(f"resuming {path} at epoch {state['epoch']} of {epochs}")
+    meta = {"request": request, "training_ensemble": ensemble.metadata}
+    trainer = train_score_model(ensemble.configs[:n_train], model, seed=seed, epochs=epochs, batch_size=batch_size,
+                                lr=lr, ema_decay=ema_decay, z2_augment=z2_augment, normalisation=normalisation,
+                                checkpoint=path, device=device, amp=amp, metadata=meta, dtype=dtype,
+                                progress_bar=progress_bar)
+    if verbose:
+        print(f"trained score model {path} ({epochs} epochs, {sum(trainer.epoch_seconds):.0f} s)")
+    model, state = load_model(path, device=device, ema=True)
+    return model, state, path
+
+
+def cached_dm_ensemble(checkpoint, n: int, seed: int, lattice_shape=None, sampler: str = "em", n_steps: int = 500,
+                       eps: float = 1e-3, batch_size: int = 1024, device=None, cache_dir=None,
+                       progress_bar: bool = True, verbose: bool = True):
+    """Generate ``n`` configurations from a checkpoint (:func:`generate`), or load them if an
+    ensemble with exactly these settings was generated before from the same checkpoint.
+
+    The ensemble's metadata names the sampler ``"dm"``, the theory the model was trained on
+    (with L replaced when generating another lattice size), the checkpoint's request and the
+    sampling settings. Batches already generated are kept next to the cache file, so an
+    interrupted run resumes batch by batch. Returns an :class:`lib.ensemble.Ensemble`.
+    """
+    from .ensemble import atomic_torch_save, cached_ensemble, default_cache_dir, make_metadata
+
+    model, state = load_model(checkpoint, device=device, ema=True)
+    meta_in = state.get("metadata", {})
+    shape = check_lattice(model, meta_in, lattice_shape)
+    theory = dict(meta_in.get("training_ensemble", {}).get("theory") or {"name": "field"})
+    if "L" in theory:
+        theory["L"] = int(shape[0])
+    model_request = meta_in.get("request") or {"checkpoint_epoch": state["epoch"],
+                                               "hyperparameters": state["hyperparameters"]}
+    settings = {"model": _request_hash(model_request), "n_configs": int(n), "sampler": sampler,
+                "n_steps": int(n_steps), "eps": float(eps), "batch_size": int(batch_size),
+                "lattice_shape": list(shape), "ema": True}
+    meta = make_metadata(theory, "dm", settings, seed)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    partial = cache / f"dm-partial-{_request_hash(meta)}.pt"
+
+    def make():
+        done = torch.load(partial) if partial.exists() else []
+        n_batches = math.ceil(n / batch_size)
+        bar = progress(total=n_batches, desc="generating", initial=len(done), disable=not progress_bar, unit="batch")
+        for b in range(len(done), n_batches):
+            nb = min(batch_size, n - b * batch_size)
+            x, _ = generate(model, nb, seed + b, lattice_shape=shape, normaliser=meta_in.get("normaliser"),
+                            sampler=sampler, n_steps=n_steps, eps=eps, batch_size=nb, device=device,
+                            progress_bar=False)
+            done.append(x)
+            cache.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(done, partial)
+            bar.update(1)
+        bar.close()
+        configs = torch.cat(done)
+        return configs, {"model_request": model_request, "device": str(resolve_device(device))}
+
+    ens = cached_ensemble(meta, make, cache_dir=cache, verbose=verbose)
+    if partial.exists():
+        partial.unlink()
+    return ens
+
+
+@torch.no_grad()
+def tweedie_denoise(model, x_t: torch.Tensor, t) -> torch.Tensor:
+    r"""The posterior mean of the clean field given a noisy one (Tweedie's formula), from the score:
+
+    .. math:: \mathbb E[φ_0 \mid φ_t] = \frac{φ_t + Ξ(t)\, s_θ(φ_t, t)}{f(t, 0)}
+
+    (VE: f = 1). With the exact score this is exact; applied to a trained model it shows, mode by
+    mode, what the model has learned to denoise at time t. ``x_t`` is in the network's units.
+    """
+    sde = model.sde
+    tt = torch.as_tensor(t, dtype=torch.float64)
+    s = model(x_t, torch.full((x_t.shape[0],), float(tt), dtype=x_t.dtype, device=x_t.device))
+    return (x_t + float(sde.Xi(tt)) * s) / float(sde.f(tt))

@@ -52,3 +52,19 @@ def table(header, rows) -> None:
     from IPython.display import display
 
     display(Table(header, rows))
+
+
+def scale_report(run: dict, paper: dict, what: str = "the paper's") -> bool:
+    """Show which parameters of this run differ from ``paper`` (a table) and say plainly whether
+    the outputs below come from a run at full scale. Returns True at full scale."""
+    from IPython.display import HTML, display
+
+    diff = [(k, run.get(k), v) for k, v in paper.items() if run.get(k) != v]
+    if not diff:
+        display(HTML(f"<p><b>Full-scale run:</b> every setting below is {what}.</p>"))
+        return True
+    display(HTML("<p><b>Reduced-scale run.</b> The outputs on this page come from the settings in the "
+                 f"middle column, not {what} (right column); rerun the chapter with the default "
+                 "parameters on a GPU for the full-scale result.</p>"))
+    table(["parameter", "this run", f"{what} scale"], [[k, repr(a), repr(b)] for k, a, b in diff])
+    return False

@@ -11,6 +11,7 @@ the metadata inside it matches the request exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -58,6 +59,7 @@ class Ensemble:
 
     configs: np.ndarray
     metadata: dict
+    path: Path | None = None  # the file it was read from, if any
 
     @property
     def theory(self) -> dict:
@@ -114,7 +116,7 @@ def load_ensemble(path) -> Ensemble:
         raise ValueError(f"{path} is not an ensemble file (expected .npz with 'configs' and 'metadata')") from exc
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown ensemble format {meta.get('format')!r}")
-    return Ensemble(configs, meta)
+    return Ensemble(configs, meta, path)
 
 
 def request_key(metadata: dict) -> str:
@@ -132,6 +134,28 @@ def _matches(meta: dict, request: dict) -> bool:
     return all(meta.get(k) == v for k, v in request.items())
 
 
+@contextlib.contextmanager
+def cache_lock(path):
+    """Hold an exclusive lock on ``<path>.lock`` while making or reading the cache entry ``path``,
+    so that two processes sharing a cache (two chapters run side by side) do not compute the same
+    entry twice or write it concurrently: the second waits, then finds the entry made. The lock
+    is released when the block ends or the process dies (``fcntl.flock``; without ``fcntl``,
+    e.g. on Windows, no locking)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    lock = Path(str(path) + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def cached_ensemble(metadata: dict, make, cache_dir=None, verbose: bool = True) -> Ensemble:
     """Load the ensemble described by ``metadata`` from the cache, or make and store it.
 
@@ -143,17 +167,19 @@ def cached_ensemble(metadata: dict, make, cache_dir=None, verbose: bool = True) 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = f"{metadata.get('theory', {}).get('name', 'ensemble')}-{metadata.get('sampler', 'x')}-{request_key(metadata)}.npz"
     path = cache_dir / name
-    if path.exists():
-        ens = load_ensemble(path)
-        if _matches(ens.metadata, metadata):
-            if verbose:
-                print(f"loaded cached ensemble {path} ({len(ens)} configurations)")
-            return ens
-        raise ValueError(f"cache file {path} holds a different ensemble; it was not overwritten — remove it by hand")
-    out = make()
-    configs, extra = (out if isinstance(out, tuple) else (out, {}))
-    meta = {**metadata, **extra}
-    save_ensemble(path, configs, meta)
-    if verbose:
-        print(f"saved ensemble {path}")
-    return load_ensemble(path)
+    with cache_lock(path):
+        if path.exists():
+            ens = load_ensemble(path)
+            if _matches(ens.metadata, metadata):
+                if verbose:
+                    print(f"loaded cached ensemble {path} ({len(ens)} configurations)")
+                return ens
+            raise ValueError(f"cache file {path} holds a different ensemble; it was not overwritten — "
+                             "remove it by hand")
+        out = make()
+        configs, extra = (out if isinstance(out, tuple) else (out, {}))
+        meta = {**metadata, **extra}
+        save_ensemble(path, configs, meta)
+        if verbose:
+            print(f"saved ensemble {path}")
+        return load_ensemble(path)

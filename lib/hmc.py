@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .ensemble import atomic_torch_save
 from .markov import MarkovChainSampler
 from .utils import resolve_device
 
@@ -64,7 +65,9 @@ class HMC(MarkovChainSampler):
     n_chains : number of independent chains updated together.
     eps, n_steps : leapfrog step size and steps per trajectory (paper: 0.01 × 100, length 1).
     seed : seed of this sampler's own ``torch.Generator``.
-    start : ``"cold"`` (φ = 0), ``"hot"`` (φ ~ N(0, 1)) or a tensor of shape ``(n_chains, *lattice)``.
+    start : ``"cold"`` (φ = 0), ``"hot"`` (φ ~ N(0, 1)), ``"ordered"`` (the constant classical
+        vacuum ±φ₀ with a random sign per chain, see :meth:`lib.phi4.Phi4.classical_vacuum`) or a
+        tensor of shape ``(n_chains, *lattice)``.
     """
 
     sampler = "hmc"
@@ -135,11 +138,17 @@ class HMC(MarkovChainSampler):
 
 def hmc_ensemble(theory, n_configs: int, seed: int, n_burnin: int = 100, n_spacing: int = 64,
                  eps: float = 0.01, n_steps: int = 100, batch_size: int | None = None, device=None,
-                 dtype=torch.float64, progress_bar: bool = True, checkpoint_dir=None):
-    """The paper's protocol (Sec. 4.1): every configuration comes from its own chain, started
-    hot, thermalised with ``n_burnin`` trajectories, then run ``n_spacing`` more; the last
-    configuration is kept. Chains are processed ``batch_size`` at a time (batch ``b`` uses seed
-    ``seed + b``).
+                 dtype=torch.float64, progress_bar: bool = True, checkpoint_dir=None, start: str = "hot",
+                 n_per_chain: int = 1):
+    """Independent chains, each thermalised for ``n_burnin`` trajectories and then sampled
+    ``n_per_chain`` times, ``n_spacing`` trajectories apart. With the defaults this is the
+    paper's protocol (Sec. 4.1): one configuration per chain, hot start, 100 + 64 trajectories.
+
+    ``start="ordered"`` starts every chain in a classical vacuum with a random sign — the start
+    that equilibrates fast in the broken phase (see chapter 2). Chains are processed
+    ``batch_size`` at a time (batch ``b`` uses seed ``seed + b``); the configurations are
+    returned chain-major (the ``n_per_chain`` samples of a chain are contiguous), so jackknife
+    blocks of whole chains are contiguous blocks.
 
     With ``checkpoint_dir``, each batch's sampler state is saved there and an interrupted run
     resumes from it (completed batches are not recomputed).
@@ -149,35 +158,49 @@ def hmc_ensemble(theory, n_configs: int, seed: int, n_burnin: int = 100, n_spaci
     """
     if n_configs < 1:
         raise ValueError(f"n_configs must be >= 1, got {n_configs}")
-    if n_burnin < 0 or n_spacing < 1:
-        raise ValueError("need n_burnin >= 0 and n_spacing >= 1")
-    batch_size = batch_size or n_configs
-    n_total = n_burnin + n_spacing
+    if n_burnin < 0 or n_spacing < 1 or n_per_chain < 1:
+        raise ValueError("need n_burnin >= 0, n_spacing >= 1 and n_per_chain >= 1")
+    if n_configs % n_per_chain:
+        raise ValueError(f"n_configs = {n_configs} is not a multiple of n_per_chain = {n_per_chain}")
+    if start not in ("hot", "ordered", "cold"):
+        raise ValueError(f"start must be 'hot', 'ordered' or 'cold', got {start!r}")
+    n_chains = n_configs // n_per_chain
+    batch_size = min(batch_size or n_chains, n_chains)
     configs, accepted = [], 0.0
-    starts = list(range(0, n_configs, batch_size))
-    for b, start in enumerate(starts):
-        nb = min(batch_size, n_configs - start)
+    starts = list(range(0, n_chains, batch_size))
+    for b, first in enumerate(starts):
+        nb = min(batch_size, n_chains - first)
         ckpt = None
         if checkpoint_dir is not None:
             os.makedirs(checkpoint_dir, exist_ok=True)
             ckpt = os.path.join(checkpoint_dir, f"batch{b:04d}.pt")
+        samples = []
         if ckpt and os.path.exists(ckpt):
             sampler = HMC.load(ckpt, theory, device=device)
             expected = {"seed": seed + b, "n_chains": nb, "dtype": str(dtype).replace("torch.", ""), "eps": float(eps),
                         "n_steps": int(n_steps)}
             if sampler.settings() != expected:
                 raise ValueError(f"checkpoint {ckpt} was made with other settings; remove it or pick another directory")
+            kept = ckpt + ".samples.pt"
+            if os.path.exists(kept):
+                samples = list(torch.load(kept))
         else:
-            sampler = HMC(theory, nb, eps=eps, n_steps=n_steps, seed=seed + b, start="hot", device=device, dtype=dtype)
-        remaining = n_total - sampler.n_traj
+            sampler = HMC(theory, nb, eps=eps, n_steps=n_steps, seed=seed + b, start=start, device=device, dtype=dtype)
         desc = f"HMC batch {b + 1}/{len(starts)}"
-        sampler.run(remaining, progress_bar=progress_bar, desc=desc, checkpoint=ckpt)
-        configs.append(sampler.phi.cpu())
+        # trajectory counts at which a sample is taken
+        marks = [n_burnin + n_spacing * (k + 1) for k in range(n_per_chain)]
+        for mark in marks[len(samples):]:
+            sampler.run(mark - sampler.n_traj, progress_bar=progress_bar, desc=desc, checkpoint=ckpt)
+            samples.append(sampler.phi.cpu().clone())
+            if ckpt and n_per_chain > 1:
+                atomic_torch_save(samples, ckpt + ".samples.pt")
+        configs.append(torch.stack(samples, dim=1).reshape(nb * n_per_chain, *theory.lattice_shape))
         accepted += sampler.n_accepted.sum().item()
+    n_total = n_burnin + n_spacing * n_per_chain
     info = {"sampler": "hmc", "protocol": "independent-chains", "eps": eps, "n_steps": n_steps,
-            "n_burnin": n_burnin, "n_spacing": n_spacing, "batch_size": batch_size, "seed": seed,
-            "dtype": str(dtype).replace("torch.", ""),
-            "acceptance": accepted / (n_configs * n_total)}
+            "n_burnin": n_burnin, "n_spacing": n_spacing, "n_per_chain": n_per_chain, "start": start,
+            "batch_size": batch_size, "seed": seed, "dtype": str(dtype).replace("torch.", ""),
+            "acceptance": accepted / (n_chains * n_total)}
     return torch.cat(configs), info
 
 
@@ -195,7 +218,8 @@ def hmc_chain(theory, n_traj: int, seed: int, measure, n_chains: int = 1, eps: f
 
 def cached_hmc_ensemble(theory, n_configs: int, seed: int, n_burnin: int = 100, n_spacing: int = 64,
                         eps: float = 0.01, n_steps: int = 100, batch_size: int | None = 1024, device=None,
-                        dtype=torch.float64, cache_dir=None, progress_bar: bool = True, verbose: bool = True):
+                        dtype=torch.float64, cache_dir=None, progress_bar: bool = True, verbose: bool = True,
+                        start: str = "hot", n_per_chain: int = 1):
     """:func:`hmc_ensemble` through the ensemble cache (:func:`lib.ensemble.cached_ensemble`):
     loads the ensemble if one made with exactly these settings exists, otherwise makes and
     stores it. The device is not part of the request (results agree in distribution, not bitwise).
@@ -207,12 +231,17 @@ def cached_hmc_ensemble(theory, n_configs: int, seed: int, n_burnin: int = 100, 
     settings = {"protocol": "independent-chains", "n_configs": n_configs, "n_burnin": n_burnin,
                 "n_spacing": n_spacing, "eps": eps, "n_steps": n_steps, "batch_size": batch_size,
                 "dtype": str(dtype).replace("torch.", "")}
+    # recorded only when not the paper's defaults, so existing cache keys stay valid
+    if start != "hot":
+        settings["start"] = start
+    if n_per_chain != 1:
+        settings["n_per_chain"] = n_per_chain
     meta = make_metadata(theory, "hmc", settings, seed)
 
     def make():
         configs, info = hmc_ensemble(theory, n_configs, seed, n_burnin=n_burnin, n_spacing=n_spacing, eps=eps,
                                      n_steps=n_steps, batch_size=batch_size, device=device, dtype=dtype,
-                                     progress_bar=progress_bar)
+                                     progress_bar=progress_bar, start=start, n_per_chain=n_per_chain)
         return configs, {"acceptance": info["acceptance"], "device": str(resolve_device(device))}
 
     return cached_ensemble(meta, make, cache_dir=cache_dir, verbose=verbose)

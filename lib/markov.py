@@ -37,8 +37,15 @@ class MarkovChainSampler(abc.ABC):
             self.phi = torch.zeros(shape, device=self.device, dtype=dtype)
         elif start == "hot":
             self.phi = torch.randn(shape, generator=self.generator, device=self.device, dtype=dtype)
+        elif start == "ordered":
+            # constant field at the classical vacuum, sign ±1 drawn per chain (both vacua equally)
+            vac = getattr(theory, "classical_vacuum", None)
+            if vac is None:
+                raise ValueError(f"an ordered start needs theory.classical_vacuum(); {type(theory).__name__} has none")
+            sign = torch.randint(0, 2, (n_chains,), generator=self.generator, device=self.device).to(dtype) * 2 - 1
+            self.phi = (vac() * sign).reshape(-1, *([1] * len(theory.lattice_shape))).expand(shape).clone()
         else:
-            raise ValueError(f"start must be 'cold', 'hot' or a tensor, got {start!r}")
+            raise ValueError(f"start must be 'cold', 'hot', 'ordered' or a tensor, got {start!r}")
         self.n_updates = 0
 
     @property

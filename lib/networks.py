@@ -137,18 +137,29 @@ class LatticeUNet(ScoreModel):
     ``strides=(1, 1, 1, 1)`` (as in the authors' code) commutes with every lattice translation and
     accepts any L; ``(1, 2, 2, 2)`` (Song's ScoreNet) needs L divisible by 8 and commutes with
     translations by multiples of 8.
+
+    ``zero_mode_head=True`` (not in the paper) adds a small MLP of the magnetisation
+    M = (1/V) Σ_x φ(x) and the time embedding whose output is added to every site: a direct path
+    for the zero mode of the score, s̄ = (1/V) Σ_x s(x) = (1/V) ∂ log p_t/∂M. In the DSM loss the
+    zero mode is one of V modes, and a U-Net trained briefly leaves it almost unlearned (chapter 6
+    measures this in the broken phase, where the zero mode decides the vacuum). The head keeps
+    translation invariance and, under ``odd``, oddness.
     """
 
     kind = "unet"
 
     def __init__(self, sde, channels=(32, 64, 128, 256), strides=(1, 1, 1, 1), embed_dim: int = 256,
-                 embed_scale: float = 30.0, odd: bool = False):
+                 embed_scale: float = 30.0, odd: bool = False, zero_mode_head: bool = False):
         super().__init__(sde, odd)
         ch = tuple(int(c) for c in channels)
         st = tuple(int(s) for s in strides)
         if len(ch) != 4 or len(st) != 4 or min(ch) < 1 or any(s not in (1, 2) for s in st):
             raise ValueError("need four positive channel numbers and four strides in {1, 2}")
         self._config = {"channels": list(ch), "strides": list(st), "embed_dim": embed_dim, "embed_scale": embed_scale}
+        if zero_mode_head:  # recorded only when on, so configurations (and cache keys) of plain U-Nets stay as they were
+            self._config["zero_mode_head"] = True
+        self.zero_mode = (nn.Sequential(nn.Linear(1 + embed_dim, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(),
+                                        nn.Linear(64, 1)) if zero_mode_head else None)
         self.factor = math.prod(st)
         self.embed = nn.Sequential(GaussianFourierEmbedding(embed_dim, embed_scale), nn.Linear(embed_dim, embed_dim))
         act = nn.SiLU()
@@ -193,7 +204,11 @@ class LatticeUNet(ScoreModel):
         for i, (tconv, dense, norm) in enumerate(zip(self.tconvs, self.tdense, self.tnorms)):
             h = self.act(norm(tconv(h) + dense(emb)[:, :, None, None]))
             h = torch.cat([h, skips[2 - i]], dim=1)
-        return self.final(h)[:, 0]
+        out = self.final(h)[:, 0]
+        if self.zero_mode is not None:
+            m = x.mean(dim=(1, 2))[:, None]
+            out = out + self.zero_mode(torch.cat([m, emb], dim=1))[:, :, None]
+        return out
 
 
 def build_score_model(config: dict) -> ScoreModel:

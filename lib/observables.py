@@ -46,6 +46,45 @@ def mean_abs_field(configs) -> np.ndarray:
     return np.abs(_flat(configs)).mean(axis=1)
 
 
+def abs_susceptibility(configs, n_blocks: int | None = None):
+    """χ_|M| = V(⟨M²⟩ − ⟨|M|⟩²), the susceptibility used in the broken phase, where ⟨M⟩ = 0 by
+    symmetry but each configuration sits in one vacuum; ``(value, jackknife error)``."""
+    c = _flat(configs)
+    vol = c.shape[1]
+    return jackknife(lambda m: vol * (np.mean(m**2) - np.mean(np.abs(m)) ** 2), magnetisation(c), n_blocks=n_blocks)
+
+
+def wall_ratio(configs) -> np.ndarray:
+    """|M| / (site average of |φ|) per configuration: 1 for a configuration of one sign, smaller
+    when domains of both signs (separated by domain walls) coexist."""
+    num, den = abs_magnetisation(configs), mean_abs_field(configs)
+    return np.divide(num, den, out=np.ones_like(num), where=den > 0)
+
+
+def vacuum_fractions(configs, wall_threshold: float = 0.9) -> dict:
+    """Broken phase: fractions of configurations in the vacuum M > 0, in M < 0, and with domain
+    walls (:func:`wall_ratio` below ``wall_threshold``), each ``(value, jackknife error)`` — for
+    independent configurations the binomial error √(p(1−p)/(n−1))."""
+    m = magnetisation(configs)
+    dw = wall_ratio(configs) < wall_threshold
+    return {"positive": jackknife(np.mean, (m > 0).astype(float)),
+            "negative": jackknife(np.mean, (m < 0).astype(float)),
+            "domain_wall": jackknife(np.mean, dw.astype(float))}
+
+
+def block_average(configs, b: int) -> np.ndarray:
+    """Coarse-grain by averaging the field over b×b (×…) blocks — one real-space RG step of
+    block size ``b``; returns shape ``(n, L/b, …)``. L must be divisible by b."""
+    c = _np(configs).astype(np.float64, copy=False)
+    lat = c.shape[1:]
+    if b < 1 or any(n % b for n in lat):
+        raise ValueError(f"block size {b} does not divide the lattice {lat}")
+    shape = [c.shape[0]]
+    for n in lat:
+        shape += [n // b, b]
+    return c.reshape(shape).mean(axis=tuple(range(2, 2 * len(lat) + 1, 2)))
+
+
 def susceptibility_from_m(m: np.ndarray, volume: int) -> float:
     """χ₂ = V(⟨M²⟩ − ⟨M⟩²) (paper eq. 4.6)."""
     return volume * (np.mean(m**2) - np.mean(m) ** 2)
@@ -101,19 +140,48 @@ def momentum_two_point(configs) -> np.ndarray:
     return (np.abs(ft) ** 2).mean(axis=0) / vol
 
 
+def _radial_bins(shape):
+    """|p̂| with p̂_μ = 2 sin(p_μ/2) for every momentum of a lattice, and the index of its bin."""
+    grids = np.meshgrid(*[2 * np.sin(np.pi * np.arange(n) / n) for n in shape], indexing="ij")
+    phat = np.sqrt(sum(g**2 for g in grids)).ravel()
+    uniq, inv = np.unique(np.round(phat, 10), return_inverse=True)
+    return uniq, inv
+
+
+def _radial_average(values, inv):
+    return np.bincount(inv, weights=values.ravel()) / np.bincount(inv)
+
+
 def radial_power_spectrum(configs):
     """⟨|φ̃(p)|²⟩/V binned by the lattice momentum |p̂| with p̂_μ = 2 sin(p_μ/2).
 
     Returns ``(p_hat, power)``, one entry per distinct |p̂|.
     """
     gp = momentum_two_point(configs)
-    L = gp.shape
-    grids = np.meshgrid(*[2 * np.sin(np.pi * np.arange(n) / n) for n in L], indexing="ij")
-    phat = np.sqrt(sum(g**2 for g in grids)).ravel()
-    key = np.round(phat, 10)
-    uniq, inv = np.unique(key, return_inverse=True)
-    power = np.bincount(inv, weights=gp.ravel()) / np.bincount(inv)
-    return uniq, power
+    uniq, inv = _radial_bins(gp.shape)
+    return uniq, _radial_average(gp, inv)
+
+
+def mode_correlation(configs_a, configs_b):
+    r"""Correlation of every Fourier mode between paired configurations (a_i with b_i),
+
+    .. math:: c(p) = \frac{{\rm Re}\,⟨\tilde a(p)\, \tilde b(p)^*⟩}{\sqrt{⟨|\tilde a(p)|^2⟩\,⟨|\tilde b(p)|^2⟩}},
+
+    averaged over the momenta of equal |p̂|. For a diffusion trajectory, a = φ_t and b its end
+    point φ_0: c(p) ≈ 1 where the mode is already fixed, ≈ 0 where it is still noise. For the VE
+    forward process φ_t = φ_0 + √Ξ(t) η it is exactly √(G̃₀(p)/(G̃₀(p) + Ξ(t))) at p ≠ 0.
+
+    Returns ``(p_hat, c)``.
+    """
+    a, b = _np(configs_a).astype(np.float64), _np(configs_b).astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired ensembles need equal shapes, got {a.shape} and {b.shape}")
+    axes = tuple(range(1, a.ndim))
+    fa, fb = np.fft.fftn(a, axes=axes), np.fft.fftn(b, axes=axes)
+    num = (fa * fb.conj()).real.mean(axis=0)
+    den = np.sqrt((np.abs(fa) ** 2).mean(axis=0) * (np.abs(fb) ** 2).mean(axis=0))
+    uniq, inv = _radial_bins(a.shape[1:])
+    return uniq, _radial_average(num, inv) / _radial_average(den, inv)
 
 
 def cumulants_from_moments(m: np.ndarray) -> dict[int, float]:
@@ -161,3 +229,13 @@ def site_cumulant_difference(configs_a, configs_b, orders=(2, 4, 6, 8), n_blocks
         return cumulants_from_moments(m[: n_max + 1])[n] - cumulants_from_moments(m[n_max + 1:])[n]
 
     return {n: jackknife(lambda mm, n=n: diff(mm, n), per, n_blocks=n_blocks) for n in orders}
+
+
+def rescaled_site_cumulants(configs, lo: float, hi: float, orders=(2, 4, 6, 8), n_blocks: int | None = None) -> dict:
+    """:func:`site_cumulants` of the field rescaled by y = 2(φ − lo)/(hi − lo) − 1, the global
+    min–max map to [−1, 1] of the cumulant study (Aarts et al. 2024; lo, hi: the
+    minimum and maximum of the ensemble that defines the map). Returns ``{n: (κ_n, error)}``."""
+    if not hi > lo:
+        raise ValueError(f"need hi > lo, got lo = {lo}, hi = {hi}")
+    y = 2.0 * (_np(configs).astype(np.float64) - lo) / (hi - lo) - 1.0
+    return site_cumulants(y, orders, n_blocks=n_blocks)

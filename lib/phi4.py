@@ -86,6 +86,20 @@ class Phi4:
         """Classical critical hopping parameter κ_c = (1 − 2λ)/(2d) (paper eq. 4.4)."""
         return (1 - 2 * lam) / (2 * d)
 
+    def classical_vacuum(self) -> float:
+        r"""|φ₀| ≥ 0 minimising the action per site of a constant field (eq. 4.2 with φ(x) = φ₀),
+
+        .. math:: s(φ₀) = (1 − 2λ − 2dκ) φ₀² + λ φ₀⁴, \qquad φ₀² = \frac{2dκ − 1 + 2λ}{2λ}
+
+        when 2dκ > 1 − 2λ (κ above the classical κ_c of eq. 4.4), else 0. Used for ordered starts.
+        """
+        a = 2 * self.d * self.kappa - 1 + 2 * self.lam
+        if a <= 0:
+            return 0.0
+        if self.lam == 0:
+            raise ValueError("no classical vacuum for lam = 0 above the free-field bound")
+        return math.sqrt(a / (2 * self.lam))
+
     # ------------------------------------------------------------------ action
     def _dims(self, phi: torch.Tensor) -> tuple[int, ...]:
         return tuple(range(1, self.d + 1))

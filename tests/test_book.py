@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import numpy as np
 import pytest
 import yaml
 
@@ -50,11 +51,24 @@ CI_PARAMETERS: dict[str, dict] = {
     "04_cumulants": {
         "TORCH_THREADS": 1, "N_STEPS": 40, "N_EXACT": 2000, "N_RECORD": 6, "N_BLOCKS_T": 10, "N_TRAIN": 2000,
         "EPOCHS": 2, "BATCH_SIZE": 256, "CHECK_EPOCHS": [1], "N_CHECK": 1000, "N_SAMPLES": 2000, "GEN_BATCH": 1024,
-        "N_BLOCKS": 20,
+        "N_BLOCKS": 20, "PHI4_L": 8, "PHI4_N_TRAIN": 64, "PHI4_N_TEST": 16, "PHI4_REF_CHAINS": 16,
+        "PHI4_REF_PER_CHAIN": 4, "PHI4_REF_SPACING": 2, "PHI4_CHANNELS": [8, 8, 8, 8], "PHI4_EPOCHS": 1,
+        "PHI4_N_GEN": 16, "PHI4_GEN_BATCH": 16, "PHI4_EM_STEPS": 20, "PHI4_ZERO_MODE_HEAD": True,
     },
     "05_toy_effective_action": {
         "N_TRAIN": 256, "EPOCHS": 3, "N_GEN": 128, "N_STEPS": 50, "N_PHI": 201, "N_TAU_FLOW": 20, "N_EVAL": 512,
         "N_T_EVAL": 16,
+    },
+    "06_phi4_broken_phase": {
+        "L": 8, "N_TRAIN": 64, "N_TEST": 32, "N_BURNIN": 10, "N_SPACING": 4, "CHANNELS": [8, 8, 8, 8], "EPOCHS": 1,
+        "N_GEN": 16, "N_EM_STEPS": 20, "GEN_BATCH": 16, "N_RG": 16, "RG_TIMES": [0.5, 0.1, 0.02],
+        "N_GEN_VARIANT": 16,
+    },
+    "07_phi4_symmetric_phase": {
+        "L": 8, "N_TRAIN": 64, "N_TEST": 32, "N_BURNIN": 10, "N_SPACING": 4, "REF_CHAINS": 16, "REF_PER_CHAIN": 6,
+        "REF_SPACING": 2, "CHANNELS": [8, 8, 8, 8], "EPOCHS": 1, "N_GEN": 16, "N_GEN_STUDY": 32, "N_EM_STEPS": 20,
+        "GEN_BATCH": 16, "TRAIN_SIZES": [32, 64], "N_GEN_SIZES": 16, "N_GEN_SYMMETRY": 16, "L_BIG": 16,
+        "BIG_CHAINS": 8, "BIG_PER_CHAIN": 2, "BIG_SPACING": 2, "N_GEN_BIG": 8,
     },
 }
 
@@ -221,6 +235,40 @@ def test_chapter_runs_under_papermill(md, tmp_path):
     r = _papermill(nb_in, nb_out, CI_PARAMETERS[stem], BOOK, env, CHAPTER_TIMEOUT_S)
     assert r.returncode == 0, (f"{nb_in.name} failed under papermill with CI parameters "
                                f"{CI_PARAMETERS[stem]} (executed notebook: {nb_out}):\n{r.stderr[-6000:]}")
+    _check_provenance(nbformat.read(nb_out, as_version=4))
+
+
+LABEL_SAMPLER = {"HMC": "hmc", "DM": "dm"}
+
+
+def _check_provenance(nb):
+    """Cells tagged ``provenance`` print JSON records of table rows: label, ensemble file, slice,
+    sampler, the rescaling and the numbers shown. Every row must be recomputable from the file its
+    record names, and that file must hold what the label says (HMC rows from HMC ensembles, DM
+    rows from generated ones) — the check that catches a 'DM' row computed from HMC data."""
+    from lib.ensemble import load_ensemble
+    from lib.observables import rescaled_site_cumulants
+
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "provenance" not in cell.metadata.get("tags", []):
+            continue
+        text = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+        records = json.loads(text)
+        assert records, "a provenance cell printed no records"
+        files = {}
+        for rec in records:
+            ens = load_ensemble(rec["file"])
+            want = LABEL_SAMPLER[rec["label"].split()[0]]
+            assert ens.metadata["sampler"] == want == rec["sampler"], (
+                f"row {rec['label']!r} was computed from a {ens.metadata['sampler']!r} ensemble ({rec['file']})")
+            orders = tuple(int(n) for n in rec["cumulants"])
+            again = rescaled_site_cumulants(ens.configs[rec["start"]:rec["stop"]], rec["lo"], rec["hi"], orders,
+                                            n_blocks=rec["n_blocks"])
+            for n in orders:
+                assert np.allclose(again[n], rec["cumulants"][str(n)], rtol=1e-10, atol=0), (rec["label"], n)
+            files.setdefault(want, set()).add(rec["file"])
+        if "hmc" in files and "dm" in files:
+            assert not files["hmc"] & files["dm"]
 
 
 @pytest.mark.slow
@@ -248,3 +296,29 @@ def test_book_builds_without_warnings(tmp_path):
         colab = (f"https://colab.research.google.com/github/{url.split('github.com/', 1)[-1]}"
                  f"/blob/{branch}/book/{md.stem}.ipynb")
         assert colab in text, f"{page.name} has no Colab launch button to {colab}"
+
+
+def test_provenance_check_catches_a_row_from_the_wrong_data(tmp_path):
+    """A 'DM' row computed from an HMC ensemble (the mistake in one published table) must fail."""
+    import lib
+    from lib.observables import rescaled_site_cumulants
+
+    ens = lib.cached_hmc_ensemble(lib.Phi4(L=4, kappa=0.3, lam=0.022), 8, seed=1, n_burnin=2, n_spacing=2, eps=0.1,
+                                  n_steps=5, cache_dir=tmp_path, progress_bar=False, verbose=False)
+    k = rescaled_site_cumulants(ens.configs, -3.0, 3.0, (2, 4))
+    rec = {"file": str(ens.path), "sampler": "hmc", "start": 0, "stop": 8, "n_blocks": None, "lo": -3.0, "hi": 3.0,
+           "cumulants": {str(n): list(k[n]) for n in (2, 4)}}
+
+    def notebook(records):
+        cell = nbformat.v4.new_code_cell("", metadata={"tags": ["provenance"]})
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=json.dumps(records))]
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [cell]
+        return nb
+
+    _check_provenance(notebook([{**rec, "label": "HMC reference"}]))  # honest row passes
+    with pytest.raises(AssertionError, match="computed from a 'hmc' ensemble"):
+        _check_provenance(notebook([{**rec, "label": "DM"}]))
+    tampered = {**rec, "label": "HMC reference", "cumulants": {**rec["cumulants"], "2": [k[2][0] * 1.01, k[2][1]]}}
+    with pytest.raises(AssertionError):
+        _check_provenance(notebook([tampered]))

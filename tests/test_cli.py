@@ -161,3 +161,31 @@ def test_train_errors(checkpoint, ensemble, tmp_path):
     assert "other hyperparameters" in _one_line_error(run(
         "train", ensemble, "--out", checkpoint, "--epochs", 2, "--seed", 5, "--channels", "4,8,8,8",
         "--strides", "1,1,1,1", "--normalise", "maxabs", "--z2-augment", "--n-train", 128, "--resume"))
+
+
+def test_hmc_ordered_start_and_several_configs_per_chain(tmp_path):
+    out = tmp_path / "broken.npz"
+    r = run("hmc", "--L", 6, "--kappa", 0.5, "--lam", 0.022, "--n-configs", 40, "--per-chain", 4, "--seed", 1,
+            "--out", out, "--n-burnin", 5, "--n-spacing", 2, "--eps", 0.1, "--n-steps", 10, "--start", "ordered",
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    from lib.ensemble import load_ensemble
+
+    ens = load_ensemble(out)
+    assert ens.metadata["settings"]["start"] == "ordered" and ens.metadata["settings"]["n_per_chain"] == 4
+    m = ens.configs.mean(axis=(1, 2)).reshape(10, 4)
+    assert (np.sign(m) == np.sign(m[:, :1])).all()  # no tunnelling within a chain deep in the broken phase
+    assert np.all(np.abs(m) > 3)  # near the classical vacuum 4.87, no domain walls
+    bad = run("hmc", "--L", 6, "--kappa", 0.5, "--lam", 0.022, "--n-configs", 10, "--per-chain", 4, "--seed", 1,
+              "--out", tmp_path / "x.npz")
+    assert bad.returncode != 0 and "multiple" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_train_with_zero_mode_head(ensemble, tmp_path):
+    import torch
+
+    out = tmp_path / "zm.pt"
+    r = run("train", ensemble, "--out", out, "--epochs", 1, "--channels", "4,8,8,8", "--strides", "1,1,1,1",
+            "--seed", 0, "--zero-mode-head", "--n-train", 64, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert torch.load(out, weights_only=False)["model_config"]["zero_mode_head"] is True

@@ -1,6 +1,8 @@
 """Ensemble files and the metadata-keyed cache: round trips, refusals, clear errors, and never
 returning an ensemble made with other parameters."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +186,27 @@ def test_cached_hmc_ensemble_reuses_exactly_the_same_run(tmp_path, monkeypatch):
         lib.cached_hmc_ensemble(Phi4(L=4, kappa=0.22, lam=0.022), 6, seed=7, cache_dir=tmp_path, verbose=False, **kw)
     with pytest.raises(AssertionError, match="HMC ran"):  # nor another ε
         lib.cached_hmc_ensemble(TH, 6, seed=7, cache_dir=tmp_path, verbose=False, **{**kw, "eps": 0.11})
+
+
+def test_cache_lock_serialises_two_processes(tmp_path):
+    """A second process waits for the first to finish a cache entry instead of computing it again."""
+    import subprocess
+    import sys
+    import time
+
+    from lib.ensemble import cache_lock
+
+    entry = tmp_path / "entry.npz"
+    code = (f"import time, pathlib; from lib.ensemble import cache_lock\n"
+            f"with cache_lock({str(entry)!r}):\n"
+            f"    pathlib.Path({str(tmp_path / 'started')!r}).touch(); time.sleep(1.5)\n"
+            f"    pathlib.Path({str(entry)!r}).write_text('done')\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    deadline = time.time() + 60
+    while not (tmp_path / "started").exists():
+        assert time.time() < deadline and proc.poll() is None, "the first process did not start"
+        time.sleep(0.05)
+    with cache_lock(entry):
+        assert entry.read_text() == "done"  # we got the lock only after the other process wrote the entry
+    assert proc.wait(timeout=60) == 0
