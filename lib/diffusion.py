@@ -12,7 +12,7 @@ import torch
 from .dm_sampling import euler_maruyama, predictor_corrector, probability_flow
 from .networks import LatticeUNet, MLPScore, build_score_model
 from .sde import VESDE, VPSDE
-from .training import Normaliser, Trainer, load_model
+from .training import Normaliser, Trainer, load_checkpoint, load_model
 from .utils import progress, resolve_device
 
 SAMPLERS = ("em", "pc", "ode")
@@ -228,7 +228,6 @@ def cached_score_model(ensemble, model, *, epochs: int, seed: int, n_train: int 
 
 def _train_or_load(path, request, ensemble, model, n_train, epochs, seed, batch_size, lr, ema_decay, z2_augment,
                    normalisation, device, amp, dtype, progress_bar, verbose):
-    from .training import load_checkpoint
 
     if path.exists():
         state = load_checkpoint(path)
