@@ -228,7 +228,6 @@ def cached_score_model(ensemble, model, *, epochs: int, seed: int, n_train: int 
 
 def _train_or_load(path, request, ensemble, model, n_train, epochs, seed, batch_size, lr, ema_decay, z2_augment,
                    normalisation, device, amp, dtype, progress_bar, verbose):
-
     if path.exists():
         state = load_checkpoint(path)
         if state.get("metadata", {}).get("request") != request:
