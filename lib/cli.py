@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--odd", action="store_true", help="make the network odd under phi -> -phi")
     t.add_argument("--zero-mode-head", action="store_true",
                    help="U-Net with a path for the magnetisation (zero mode) of the score (chapter 6)")
+    t.add_argument("--zero-mode-sd", type=float, default=None,
+                   help="scale of the zero-mode head (default: the RMS magnetisation of the data in network units)")
+    t.add_argument("--zero-mode-weight", type=float, default=1.0,
+                   help="weight of the zero mode in the DSM loss (paper: 1; chapter 6)")
     t.add_argument("--ema", type=float, default=None, help="EMA decay of the weights, e.g. 0.999")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use only the first N configurations")
     t.add_argument("--seed", type=_nonneg_int, required=True)
@@ -152,7 +156,7 @@ def _check_out(path: Path, suffix: str, force: bool, resume: bool = False):
 
 
 def cmd_train(a) -> int:
-    from .diffusion import check_lattice, default_model, make_sde, train_score_model
+    from .diffusion import check_lattice, default_model, make_sde, train_score_model, zero_mode_scale
     from .ensemble import load_ensemble
 
     _check_out(a.out, ".pt", a.force, a.resume)
@@ -167,21 +171,23 @@ def cmd_train(a) -> int:
     configs = ens.configs[: a.n_train] if a.n_train else ens.configs
     if a.n_train and a.n_train > len(ens):
         raise CLIError(f"--n-train {a.n_train} exceeds the {len(ens)} configurations in {a.ensemble}")
-    if not (a.lr > 0 and a.sigma > 1):
-        raise CLIError("need --lr > 0 and --sigma > 1")
+    if not (a.lr > 0 and a.sigma > 1 and a.zero_mode_weight > 0):
+        raise CLIError("need --lr > 0, --sigma > 1 and --zero-mode-weight > 0")
     device = _device(a.device)
     sde = make_sde(a.sde, a.sigma)
     try:
         model = default_model(sde, configs.shape[1:], channels=_ints(a.channels, "channels", 4),
                               strides=_ints(a.strides, "strides", 4), odd=a.odd, hidden=_ints(a.hidden, "hidden"),
-                              zero_mode_head=a.zero_mode_head)
+                              zero_mode_head=a.zero_mode_head,
+                              zero_mode_sd=(a.zero_mode_sd if a.zero_mode_sd is not None
+                                            else zero_mode_scale(configs, a.normalise) if a.zero_mode_head else 0.5))
         check_lattice(model, {"lattice_shape": list(configs.shape[1:])}, None)
         meta = {"training_ensemble": {k: ens.metadata.get(k) for k in ("theory", "sampler", "settings", "seed")},
                 "theory": ens.metadata.get("theory"), "normalisation": a.normalise}
         trainer = train_score_model(configs, model, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                                     ema_decay=a.ema, z2_augment=a.z2_augment, normalisation=a.normalise,
                                     checkpoint=a.out, device=device, amp=a.amp, metadata=meta,
-                                    progress_bar=not a.no_progress)
+                                    progress_bar=not a.no_progress, zero_mode_weight=a.zero_mode_weight)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"trained {trainer.epoch} epochs, final loss {trainer.history[-1]:.4g}; checkpoint {a.out}", file=sys.stderr)

@@ -26,21 +26,36 @@ def make_sde(kind: str = "ve", sigma: float = 25.0, T: float = 1.0):
 
 
 def default_model(sde, lattice_shape, channels=(32, 64, 128, 256), strides=(1, 2, 2, 2), odd=False,
-                  hidden=(64, 64), embed_dim=None, zero_mode_head: bool = False):
-    """A U-Net for 2D lattices (optionally with a zero-mode head, see :class:`lib.networks.LatticeUNet`),
-    an MLP for flat inputs of few degrees of freedom."""
+                  hidden=(64, 64), embed_dim=None, zero_mode_head: bool = False, zero_mode_sd: float = 0.5):
+    """A U-Net for 2D lattices (optionally with a zero-mode head of scale ``zero_mode_sd``, see
+    :class:`lib.networks.LatticeUNet` and :func:`zero_mode_scale`), an MLP for flat inputs of few
+    degrees of freedom."""
     if len(lattice_shape) == 2:
         return LatticeUNet(sde, channels=channels, strides=strides, odd=odd, embed_dim=embed_dim or 256,
-                           zero_mode_head=zero_mode_head)
+                           zero_mode_head=zero_mode_head, zero_mode_sd=zero_mode_sd)
     if len(lattice_shape) == 1:
         return MLPScore(sde, dim=lattice_shape[0], hidden=hidden, odd=odd, embed_dim=embed_dim or 32)
     raise ValueError(f"no default score network for lattice shape {lattice_shape}")
 
 
+def zero_mode_scale(configs, normalisation: str = "minmax") -> float:
+    r"""The scale s_d of the zero-mode head for a training set: the root mean square of the
+    magnetisation in the network's units, s_d = ⟨(a M + b)²⟩^{1/2} with the normalisation
+    y = a φ + b fitted to ``configs``. The head's preconditioning (see
+    :class:`lib.networks.LatticeUNet`) keeps the inputs and outputs of its MLP of order one when
+    s_d is the scale of the data's zero mode: about 0.7 in the broken phase after min–max
+    normalisation, a few hundredths in the symmetric phase, where M ≈ 0 ± √(χ₂/V)."""
+    x = torch.as_tensor(np.asarray(configs) if not isinstance(configs, torch.Tensor) else configs).double()
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"expected configurations of shape (n, *lattice), got {tuple(x.shape)}")
+    m = Normaliser.fit(x, normalisation).forward(x).mean(dim=tuple(range(1, x.ndim)))
+    return float(m.pow(2).mean().sqrt())
+
+
 def train_score_model(configs, model, seed: int, epochs: int, batch_size: int = 64, lr: float = 1e-3,
                       ema_decay: float | None = None, z2_augment: bool = False, normalisation: str = "minmax",
                       checkpoint=None, device=None, amp: bool = False, metadata: dict | None = None,
-                      dtype=torch.float32, progress_bar: bool = True):
+                      dtype=torch.float32, progress_bar: bool = True, zero_mode_weight: float = 1.0):
     """Normalise ``configs`` (n, *lattice), train ``model`` with denoising score matching and
     return the :class:`lib.training.Trainer` (its checkpoint, if any, holds everything needed to
     sample: model configuration, weights, normaliser, training metadata, hyperparameters).
@@ -54,7 +69,8 @@ def train_score_model(configs, model, seed: int, epochs: int, batch_size: int = 
     data = norm.forward(x.double()).to(dtype)
     meta = {**(metadata or {}), "normaliser": norm.to_dict(), "lattice_shape": list(x.shape[1:])}
     trainer = Trainer(model.to(dtype), data, seed=seed, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-                      z2_augment=z2_augment, checkpoint=checkpoint, device=device, amp=amp, metadata=meta)
+                      z2_augment=z2_augment, checkpoint=checkpoint, device=device, amp=amp, metadata=meta,
+                      zero_mode_weight=zero_mode_weight)
     trainer.fit(epochs, progress_bar=progress_bar)
     return trainer
 
@@ -172,7 +188,8 @@ def _request_hash(request: dict) -> str:
 
 def score_model_request(ensemble, model, *, n_train: int, epochs: int, seed: int, batch_size: int = 64,
                         lr: float = 1e-3, ema_decay: float | None = None, z2_augment: bool = False,
-                        normalisation: str = "minmax", amp: bool = False, dtype=torch.float32) -> dict:
+                        normalisation: str = "minmax", amp: bool = False, dtype=torch.float32,
+                        zero_mode_weight: float = 1.0) -> dict:
     """The JSON request that identifies a trained score model: the training ensemble (its own
     request key), how many of its configurations, the network and SDE, and every training
     setting. Two calls with equal requests train the same model (up to the device)."""
@@ -182,13 +199,16 @@ def score_model_request(ensemble, model, *, n_train: int, epochs: int, seed: int
             "theory": ensemble.metadata.get("theory"), "n_train": int(n_train), "model": model.config,
             "epochs": int(epochs), "seed": int(seed), "batch_size": int(batch_size), "lr": float(lr),
             "ema_decay": ema_decay, "z2_augment": bool(z2_augment), "normalisation": normalisation,
-            "amp": bool(amp), "dtype": str(dtype).replace("torch.", ""), "lib_version": lib_version()}
+            "amp": bool(amp), "dtype": str(dtype).replace("torch.", ""), "lib_version": lib_version(),
+            # recorded only when not the paper's 1, so the requests of existing models are unchanged
+            **({"zero_mode_weight": float(zero_mode_weight)} if zero_mode_weight != 1.0 else {})}
 
 
 def cached_score_model(ensemble, model, *, epochs: int, seed: int, n_train: int | None = None, batch_size: int = 64,
                        lr: float = 1e-3, ema_decay: float | None = None, z2_augment: bool = False,
                        normalisation: str = "minmax", amp: bool = False, dtype=torch.float32, device=None,
-                       cache_dir=None, progress_bar: bool = True, verbose: bool = True):
+                       cache_dir=None, progress_bar: bool = True, verbose: bool = True,
+                       zero_mode_weight: float = 1.0):
     """Train a score network on the first ``n_train`` configurations of ``ensemble`` (an
     :class:`lib.ensemble.Ensemble`), or load it if a model with exactly these settings is cached.
 
@@ -198,6 +218,11 @@ def cached_score_model(ensemble, model, *, epochs: int, seed: int, n_train: int 
     The checkpoint ``dm-<hash>.pt`` in the cache directory (``$DMSQ_CACHE``) is written after
     every epoch, so an interrupted run resumes where it stopped; a finished checkpoint whose
     stored request equals this one is reused, anything else is refused, never overwritten.
+    A cached run of the same model with fewer epochs is continued (into a new file; the shorter
+    one is kept), which gives the same weights as training from scratch.
+
+    ``zero_mode_weight`` (not in the paper) weights the zero mode in the loss, see
+    :func:`lib.training.dsm_loss`.
 
     Returns ``(sampling_model, state, path)``: the model with EMA weights if EMA is on, in eval
     mode; the checkpoint dictionary (``state["history"]`` is the loss per epoch,
@@ -212,7 +237,8 @@ def cached_score_model(ensemble, model, *, epochs: int, seed: int, n_train: int 
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     request = score_model_request(ensemble, model, n_train=n_train, epochs=epochs, seed=seed,
                                   batch_size=batch_size, lr=lr, ema_decay=ema_decay, z2_augment=z2_augment,
-                                  normalisation=normalisation, amp=amp, dtype=dtype)
+                                  normalisation=normalisation, amp=amp, dtype=dtype,
+                                  zero_mode_weight=zero_mode_weight)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"dm-{_request_hash(request)}.pt"
@@ -223,11 +249,43 @@ def cached_score_model(ensemble, model, *, epochs: int, seed: int, n_train: int 
         model = build_score_model(model.config)
     with cache_lock(path):
         return _train_or_load(path, request, ensemble, model, n_train, epochs, seed, batch_size, lr, ema_decay,
-                              z2_augment, normalisation, device, amp, dtype, progress_bar, verbose)
+                              z2_augment, normalisation, device, amp, dtype, progress_bar, verbose,
+                              zero_mode_weight)
+
+
+def _shorter_run(path, request, device):
+    """A finished cached model whose request differs from ``request`` only by fewer epochs (and
+    was trained on the same kind of device), or None. Training is deterministic epoch by epoch and
+    has no schedule that depends on the total, so continuing it gives the longer model exactly."""
+    want = {k: v for k, v in request.items() if k != "epochs"}
+    best = None
+    for other in sorted(path.parent.glob("dm-*.pt")):
+        if other == path:
+            continue
+        try:
+            state = load_checkpoint(other)
+        except (ValueError, OSError):
+            continue
+        req = state.get("metadata", {}).get("request") or {}
+        if ({k: v for k, v in req.items() if k != "epochs"} == want and req.get("epochs", 0) < request["epochs"]
+                and state["epoch"] >= req["epochs"] and state["device_type"] == resolve_device(device).type
+                and (best is None or state["epoch"] > best[1]["epoch"])):
+            best = (other, state)
+    return best
 
 
 def _train_or_load(path, request, ensemble, model, n_train, epochs, seed, batch_size, lr, ema_decay, z2_augment,
-                   normalisation, device, amp, dtype, progress_bar, verbose):
+                   normalisation, device, amp, dtype, progress_bar, verbose, zero_mode_weight=1.0):
+    from .ensemble import atomic_torch_save
+
+    if not path.exists():
+        shorter = _shorter_run(path, request, device)
+        if shorter is not None:  # continue a shorter cached run of the same model instead of starting afresh
+            other, state = shorter
+            state["metadata"] = {**state["metadata"], "request": request, "continued_from": other.name}
+            atomic_torch_save(state, path)
+            if verbose:
+                print(f"continuing the cached {state['epoch']}-epoch model {other.name} to {epochs} epochs")
     if path.exists():
         state = load_checkpoint(path)
         if state.get("metadata", {}).get("request") != request:
@@ -243,7 +301,7 @@ def _train_or_load(path, request, ensemble, model, n_train, epochs, seed, batch_
     trainer = train_score_model(ensemble.configs[:n_train], model, seed=seed, epochs=epochs, batch_size=batch_size,
                                 lr=lr, ema_decay=ema_decay, z2_augment=z2_augment, normalisation=normalisation,
                                 checkpoint=path, device=device, amp=amp, metadata=meta, dtype=dtype,
-                                progress_bar=progress_bar)
+                                progress_bar=progress_bar, zero_mode_weight=zero_mode_weight)
     if verbose:
         print(f"trained score model {path} ({epochs} epochs, {sum(trainer.epoch_seconds):.0f} s)")
     model, state = load_model(path, device=device, ema=True)

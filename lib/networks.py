@@ -126,7 +126,7 @@ def _groups(c: int, pref: int) -> int:
 
 
 class LatticeUNet(ScoreModel):
-    """U-Net score network for 2D lattice fields of shape (batch, L, L) (paper App. A).
+    r"""U-Net score network for 2D lattice fields of shape (batch, L, L) (paper App. A).
 
     Encoding: four 3×3 circular convolutions (1 → c₁ → c₂ → c₃ → c₄) with strides
     ``strides``, each followed by a dense projection of the time embedding (added per channel),
@@ -138,28 +138,44 @@ class LatticeUNet(ScoreModel):
     accepts any L; ``(1, 2, 2, 2)`` (Song's ScoreNet) needs L divisible by 8 and commutes with
     translations by multiples of 8.
 
-    ``zero_mode_head=True`` (not in the paper) adds a small MLP of the magnetisation
-    M = (1/V) Σ_x φ(x) and the time embedding whose output is added to every site: a direct path
-    for the zero mode of the score, s̄ = (1/V) Σ_x s(x) = (1/V) ∂ log p_t/∂M. In the DSM loss the
-    zero mode is one of V modes, and a U-Net trained briefly leaves it almost unlearned (chapter 6
-    measures this in the broken phase, where the zero mode decides the vacuum). The head keeps
-    translation invariance and, under ``odd``, oddness.
+    ``zero_mode_head=True`` (not in the paper) gives the zero mode of the score its own path.
+    In the DSM loss the zero mode is one of V modes, yet in the broken phase it decides the vacuum,
+    and a U-Net trained briefly leaves it unlearned (chapter 6 measures this). With the head, the
+    U-Net output is projected on mean-free fields and the zero mode of h_θ = σ_t s_θ comes from
+    a Tweedie estimate of the clean magnetisation from the noisy one, y = M_t/f(t,0) with
+    M_t = (1/V) Σ_x φ_t(x), whose noise has width s₀ = σ_t/(f√V):
+
+    .. math:: \hat μ(y, t) = c_\mathrm{skip} y + c_\mathrm{out} F_θ(c_\mathrm{in} y, \tfrac14\ln s_0),
+              \qquad \bar h = \frac{f\,\hat μ - M_t}{σ_t},
+
+    with c_skip = s_d²/(s₀² + s_d²), c_out = s₀s_d/√(s₀² + s_d²), c_in = 1/√(s₀² + s_d²) (the
+    preconditioning of Karras et al. 2022, applied to the zero mode's own noise level s₀, not the
+    per-site σ_t) and F_θ a small MLP. For F_θ = 0 this is the exact score of a Gaussian zero mode
+    of variance s_d² (``zero_mode_sd``, in the network's units): s̄ = −M_t/(σ_t² + f²V s_d²).
+    The zero mode of the score then depends on (M_t, t) only: exact when the zero mode decouples
+    from the other modes (the free field), an approximation otherwise. The head keeps translation
+    invariance and, under ``odd``, oddness.
     """
 
     kind = "unet"
 
     def __init__(self, sde, channels=(32, 64, 128, 256), strides=(1, 1, 1, 1), embed_dim: int = 256,
-                 embed_scale: float = 30.0, odd: bool = False, zero_mode_head: bool = False):
+                 embed_scale: float = 30.0, odd: bool = False, zero_mode_head: bool | str = False,
+                 zero_mode_sd: float = 0.5):
         super().__init__(sde, odd)
         ch = tuple(int(c) for c in channels)
         st = tuple(int(s) for s in strides)
         if len(ch) != 4 or len(st) != 4 or min(ch) < 1 or any(s not in (1, 2) for s in st):
             raise ValueError("need four positive channel numbers and four strides in {1, 2}")
         self._config = {"channels": list(ch), "strides": list(st), "embed_dim": embed_dim, "embed_scale": embed_scale}
+        if zero_mode_head not in (False, True, "preconditioned"):
+            raise ValueError(f"zero_mode_head must be True or False, got {zero_mode_head!r}")
         if zero_mode_head:  # recorded only when on, so configurations (and cache keys) of plain U-Nets stay as they were
-            self._config["zero_mode_head"] = True
-        self.zero_mode = (nn.Sequential(nn.Linear(1 + embed_dim, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(),
-                                        nn.Linear(64, 1)) if zero_mode_head else None)
+            if not zero_mode_sd > 0:
+                raise ValueError(f"zero_mode_sd must be positive, got {zero_mode_sd}")
+            self._config.update(zero_mode_head="preconditioned", zero_mode_sd=float(zero_mode_sd))
+        self.zero_mode = (nn.Sequential(nn.Linear(2, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1))
+                          if zero_mode_head else None)
         self.factor = math.prod(st)
         self.embed = nn.Sequential(GaussianFourierEmbedding(embed_dim, embed_scale), nn.Linear(embed_dim, embed_dim))
         act = nn.SiLU()
@@ -206,15 +222,31 @@ class LatticeUNet(ScoreModel):
             h = torch.cat([h, skips[2 - i]], dim=1)
         out = self.final(h)[:, 0]
         if self.zero_mode is not None:
-            m = x.mean(dim=(1, 2))[:, None]
-            out = out + self.zero_mode(torch.cat([m, emb], dim=1))[:, :, None]
+            out = out - out.mean(dim=(1, 2), keepdim=True) + self.zero_mode_output(x, t)[:, None, None]
         return out
+
+    def zero_mode_output(self, x, t):
+        """The zero mode h̄ = (f μ̂ − M_t)/σ_t of the head (see the class docstring), per configuration."""
+        td = t.double()
+        std = self.sde.marginal_std(td).to(x.dtype)
+        f = self.sde.f(td).to(x.dtype)
+        m = x.mean(dim=(1, 2))
+        y = m / f
+        s0 = std / (f * math.sqrt(x.shape[1] * x.shape[2]))
+        sd = self._config["zero_mode_sd"]
+        r = torch.sqrt(s0 ** 2 + sd ** 2)
+        F = self.zero_mode(torch.stack([y / r, torch.log(s0) / 4], dim=1))[:, 0]
+        mu = (sd ** 2 / r ** 2) * y + (s0 * sd / r) * F
+        return (f * mu - m) / std
 
 
 def build_score_model(config: dict) -> ScoreModel:
     """Instantiate a score network from its ``config`` (as stored in checkpoints)."""
     c = dict(config)
     kind = c.pop("kind")
+    if c.get("zero_mode_head") is True:
+        raise ValueError("this checkpoint has the additive zero-mode head of an earlier development version, "
+                         "which lib no longer builds; retrain it")
     sde = sde_from_dict(c.pop("sde"))
     cls = {"mlp": MLPScore, "unet": LatticeUNet}.get(kind)
     if cls is None:

@@ -23,12 +23,25 @@ CHECKPOINT_FORMAT = "dmsq-checkpoint-v1"
 
 
 def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None, eps: float = 1e-5,
-             t: torch.Tensor | None = None, z: torch.Tensor | None = None, score_fn=None) -> torch.Tensor:
-    """Denoising score-matching loss of eq. (3.4) with σ_t² weighting, t ~ U(ε, T).
+             t: torch.Tensor | None = None, z: torch.Tensor | None = None, score_fn=None,
+             zero_mode_weight: float = 1.0) -> torch.Tensor:
+    r"""Denoising score-matching loss of eq. (3.4) with σ_t² weighting, t ~ U(ε, T).
 
     ``model`` is a score network with an ``sde`` attribute (or pass ``score_fn(x, t)`` and an
     ``sde`` via ``model``). ``t`` and ``z`` may be given to evaluate the loss at fixed draws.
+
+    ``zero_mode_weight`` w (not in the paper; 1 gives eq. 3.4) weights the zero mode of the
+    residual r = σ_t s_θ + z by w instead of 1:
+
+    .. math:: \|r\|^2 + (w - 1)\, V\, \bar r^2, \qquad \bar r = \frac1V \sum_x r(x),
+
+    i.e. E‖W^{1/2} r‖² with W = 1 + (w − 1)P₀ and P₀ the projector on constant fields. For any
+    positive-definite W the loss equals E‖W^{1/2} σ_t (s_θ − ∇ log p_t)‖² up to a θ-independent
+    constant, so the minimiser is still the exact score; only the emphasis changes. In eq. (3.4)
+    the zero mode is one of V modes, and it is the one that decides the vacuum (chapter 6).
     """
+    if zero_mode_weight <= 0:
+        raise ValueError(f"zero_mode_weight must be positive, got {zero_mode_weight}")
     sde = model.sde
     score_fn = score_fn or model
     n = x0.shape[0]
@@ -39,7 +52,11 @@ def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None, 
     xt = sde.perturb(x0, t, z)
     std = sde.marginal_std(t).to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
     s = score_fn(xt, t)
-    return ((std * s + z) ** 2).flatten(1).sum(1).mean()
+    r = (std * s + z).flatten(1)
+    loss = (r ** 2).sum(1)
+    if zero_mode_weight != 1.0:
+        loss = loss + (zero_mode_weight - 1.0) * r.shape[1] * r.mean(1) ** 2
+    return loss.mean()
 
 
 class EMA:
@@ -86,13 +103,14 @@ class Trainer:
         :meth:`fit` starts, training resumes from it (the data, model configuration and
         hyperparameters must match), so an interrupted run continues to the same result.
     amp : bf16 autocast on CUDA.
+    zero_mode_weight : weight of the zero mode in the loss (see :func:`dsm_loss`; 1 = the paper's).
     metadata : dict stored in the checkpoint (e.g. the training ensemble's metadata).
     """
 
     def __init__(self, model, data: torch.Tensor, seed: int, batch_size: int = 64, lr: float = 1e-3,
                  ema_decay: float | None = None, z2_augment: bool = False, eps: float = 1e-5,
                  checkpoint=None, device=None, amp: bool = False, metadata: dict | None = None,
-                 grad_clip: float | None = None):
+                 grad_clip: float | None = None, zero_mode_weight: float = 1.0):
         if batch_size < 1 or lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
         if data.shape[0] < 1:
@@ -104,6 +122,9 @@ class Trainer:
         self.seed, self.batch_size, self.lr, self.eps = int(seed), int(batch_size), float(lr), float(eps)
         self.z2_augment, self.amp = bool(z2_augment), bool(amp) and self.device.type == "cuda"
         self.grad_clip = grad_clip
+        if zero_mode_weight <= 0:
+            raise ValueError(f"zero_mode_weight must be positive, got {zero_mode_weight}")
+        self.zero_mode_weight = float(zero_mode_weight)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
         self.ema = EMA(self.model, ema_decay) if ema_decay else None
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -116,7 +137,8 @@ class Trainer:
     def hyperparameters(self) -> dict:
         return {"seed": self.seed, "batch_size": self.batch_size, "lr": self.lr, "eps": self.eps,
                 "ema_decay": self.ema.decay if self.ema else None, "z2_augment": self.z2_augment,
-                "n_train": int(self.data.shape[0]), "grad_clip": self.grad_clip}
+                "n_train": int(self.data.shape[0]), "grad_clip": self.grad_clip,
+                **({"zero_mode_weight": self.zero_mode_weight} if self.zero_mode_weight != 1.0 else {})}
 
     # ------------------------------------------------------------------ training
     def train_epoch(self) -> float:
@@ -130,7 +152,8 @@ class Trainer:
                 sign = torch.randint(0, 2, (x0.shape[0],), generator=self.generator, device=self.device) * 2 - 1
                 x0 = x0 * sign.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
-                loss = dsm_loss(self.model, x0, generator=self.generator, eps=self.eps)
+                loss = dsm_loss(self.model, x0, generator=self.generator, eps=self.eps,
+                                zero_mode_weight=self.zero_mode_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip:

@@ -188,4 +188,8 @@ def test_train_with_zero_mode_head(ensemble, tmp_path):
     r = run("train", ensemble, "--out", out, "--epochs", 1, "--channels", "4,8,8,8", "--strides", "1,1,1,1",
             "--seed", 0, "--zero-mode-head", "--n-train", 64, "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert torch.load(out, weights_only=False)["model_config"]["zero_mode_head"] is True
+    cfg = torch.load(out, weights_only=False)["model_config"]
+    assert cfg["zero_mode_head"] == "preconditioned" and 0 < cfg["zero_mode_sd"] < 0.5  # from the data
+    r = run("train", ensemble, "--out", tmp_path / "w.pt", "--epochs", 1, "--channels", "4,8,8,8", "--seed", 0,
+            "--zero-mode-weight", 0, "--no-progress")
+    assert r.returncode == 1 and "zero-mode-weight" in r.stderr

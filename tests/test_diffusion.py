@@ -15,6 +15,8 @@ from lib.sde import VESDE, VPSDE
 from lib.stats import jackknife
 from lib.training import Normaliser, Trainer, dsm_loss, load_checkpoint, load_model
 
+from helpers import assert_stat
+
 TWO_PEAKS_EXACT = {2: 1.0625, 4: -2.0, 6: 16.0, 8: -272.0}
 
 
@@ -151,6 +153,46 @@ def test_dsm_loss_lower_for_exact_score():
     gauss.sde = sde
     gauss.forward = lambda x, tt: -x / sde.Xi(tt)[:, None]
     assert dsm_loss(gauss, x0, t=t, z=z, score_fn=gauss.forward).item() > exact
+
+
+def test_zero_mode_weight_reweights_only_the_constant_mode():
+    sde = VESDE(25.0)
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.randn(64, 4, 4, generator=gen, dtype=torch.float64)
+    t = torch.rand(64, generator=gen, dtype=torch.float64)
+    z = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    model = torch.nn.Module()
+    model.sde = sde
+    score = lambda x, tt: -0.7 * x / sde.Xi(tt)[:, None, None] + 0.1  # noqa: E731 - any score will do
+    plain = dsm_loss(model, x0, t=t, z=z, score_fn=score)
+    assert dsm_loss(model, x0, t=t, z=z, score_fn=score, zero_mode_weight=1.0) == plain
+    r = (sde.marginal_std(t)[:, None, None] * score(x0 + sde.marginal_std(t)[:, None, None] * z, t) + z)
+    zero = (16 * r.mean(dim=(1, 2)) ** 2).mean()   # |r̃(p = 0)|² with the unitary Fourier transform
+    assert torch.allclose(dsm_loss(model, x0, t=t, z=z, score_fn=score, zero_mode_weight=9.0), plain + 8 * zero)
+    with pytest.raises(ValueError, match="positive"):
+        dsm_loss(model, x0, t=t, z=z, score_fn=score, zero_mode_weight=0.0)
+
+
+@pytest.mark.parametrize("w", [1.0, 100.0])
+def test_zero_mode_weight_keeps_the_exact_score_as_minimiser(w):
+    """Gaussian data N(0, c² 1): in the family s_a = −a x/(c² + Ξ) the loss is quadratic in a and
+    the exact score a = 1 minimises it mode by mode, hence for any weight of the zero mode."""
+    sde, c2 = VESDE(25.0), 0.3
+    gen = torch.Generator().manual_seed(11)
+    estimates = []
+    for _ in range(20):  # 20 independent batches: a* and its standard error from their spread
+        x0 = c2 ** 0.5 * torch.randn(2000, 4, 4, generator=gen, dtype=torch.float64)
+        t = 1e-3 + (1 - 1e-3) * torch.rand(2000, generator=gen, dtype=torch.float64)
+        z = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        model = torch.nn.Module()
+        model.sde = sde
+        loss = [dsm_loss(model, x0, t=t, z=z, zero_mode_weight=w,
+                         score_fn=lambda x, tt, a=a: -a * x / (c2 + sde.Xi(tt)[:, None, None])).item()
+                for a in (0.0, 1.0, 2.0)]
+        curvature, slope = loss[0] - 2 * loss[1] + loss[2], loss[2] - loss[0]   # loss = A a² + B a + C
+        estimates.append(1.0 - slope / (2 * curvature))
+    est = np.array(estimates)
+    assert_stat(est.mean(), est.std(ddof=1) / np.sqrt(len(est)), 1.0, f"argmin of the loss with w = {w}")
 
 
 # ---------------------------------------------------------------- networks

@@ -152,7 +152,7 @@ def test_cached_model_reused_only_for_identical_settings(broken_ensemble):
     assert p1 == p2 and os.path.getmtime(p1) == mtime  # loaded, not retrained
     # every setting that changes the model changes the cache entry
     others = [dict(kw, seed=3), dict(kw, z2_augment=True), dict(kw, n_train=128), dict(kw, lr=5e-4),
-              dict(kw, normalisation="minmax")]
+              dict(kw, normalisation="minmax"), dict(kw, zero_mode_weight=4.0)]
     paths = {cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), **o)[2] for o in others}
     paths.add(cached_score_model(ens, default_model(sde, (8, 8), channels=(8, 8, 8, 8), strides=(1, 2, 2, 2)),
                                  **kw)[2])
@@ -167,6 +167,27 @@ def test_cached_model_reused_only_for_identical_settings(broken_ensemble):
     with pytest.raises(ValueError, match="different model"):
         cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), **kw)
     assert p1.read_bytes() == data
+
+
+def test_longer_training_continues_a_shorter_cached_run(broken_ensemble, tmp_path, capsys):
+    ens, _ = broken_ensemble
+    sde = make_sde("ve")
+    kw = dict(seed=4, normalisation="maxabs", ema_decay=0.9, progress_bar=False, verbose=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    _, s1, p1 = cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), epochs=1, cache_dir=a, **kw)
+    short = p1.read_bytes()
+    _, s2, p2 = cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), epochs=3, cache_dir=a,
+                                   **dict(kw, verbose=True))
+    assert f"continuing the cached 1-epoch model {p1.name}" in capsys.readouterr().out
+    _, s3, p3 = cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), epochs=3, cache_dir=b, **kw)
+    assert p2 != p1 and p1.read_bytes() == short          # the shorter model is kept as it was
+    assert p2.name == p3.name and s2["epoch"] == 3
+    assert s2["history"][:1] == s1["history"] and s2["history"] == s3["history"]
+    assert all(torch.equal(s2[w][k], s3[w][k]) for w in ("model", "ema") for k in s3[w])  # = training from scratch
+    # another setting (here the seed) is not a shorter run of the same model: trained afresh
+    _, s4, _ = cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), epochs=3, cache_dir=a,
+                                  **dict(kw, seed=5))
+    assert s4["history"][0] != s1["history"][0]
 
 
 def test_generated_ensemble_shape_metadata_and_cache(broken_ensemble):
@@ -248,23 +269,50 @@ def test_mode_correlation_of_the_forward_process_is_exact():
     assert c[1] > c[-1] + 0.2  # infrared modes survive the noise longer than ultraviolet ones
 
 
-def test_zero_mode_head_keeps_symmetries_and_old_configs():
-    sde = make_sde("ve")
+def test_zero_mode_scale_is_the_rms_magnetisation_in_network_units():
+    from lib.diffusion import zero_mode_scale
+
+    rng = np.random.default_rng(0)
+    # two vacua ±2 with small fluctuations: min-max maps them to about ±0.9, so s_d ≈ 0.9
+    signs = rng.choice([-1.0, 1.0], size=64)
+    broken = signs[:, None, None] * 2.0 + 0.1 * rng.standard_normal((64, 8, 8))
+    y = 2 * (broken - broken.min()) / (broken.max() - broken.min()) - 1
+    assert zero_mode_scale(broken) == pytest.approx(np.sqrt(np.mean(y.mean(axis=(1, 2)) ** 2)), rel=1e-12)
+    assert 0.8 < zero_mode_scale(broken) < 1.0
+    # white noise: M has width 1/√V in units where the field has width 1
+    noise = rng.standard_normal((4000, 8, 8))
+    assert zero_mode_scale(noise, "none") == pytest.approx(1 / 8, rel=0.05)
+    net = default_model(make_sde("ve"), (8, 8), **SMALL_UNET, zero_mode_head=True, zero_mode_sd=0.03)
+    assert net.config["zero_mode_sd"] == 0.03
+    with pytest.raises(ValueError, match="positive"):
+        default_model(make_sde("ve"), (8, 8), **SMALL_UNET, zero_mode_head=True, zero_mode_sd=0.0)
+
+
+@pytest.mark.parametrize("kind", ["ve", "vp"])
+def test_zero_mode_head_keeps_symmetries_and_is_exact_for_a_gaussian_zero_mode(kind):
+    sde = make_sde(kind, 10.0)
     plain = default_model(sde, (8, 8), **SMALL_UNET)
     assert "zero_mode_head" not in plain.config  # cache keys of plain U-Nets are unchanged
     torch.manual_seed(0)
     net = default_model(sde, (16, 16), **SMALL_UNET, zero_mode_head=True, odd=True).double()
     assert build_score_model(net.config).zero_mode is not None
-    x = torch.randn(3, 16, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="earlier development version"):
+        build_score_model({**net.config, "zero_mode_head": True})
+    x = torch.randn(3, 16, 16, dtype=torch.float64) + 0.3
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     with torch.no_grad():
         s = net(x, t)
         shifted = net(torch.roll(x, (8, 8), dims=(1, 2)), t)
         assert torch.allclose(shifted, torch.roll(s, (8, 8), dims=(1, 2)), atol=1e-12)
         assert torch.allclose(net(-x, t), -s, atol=1e-12)
-        # the head moves the zero mode of the score: switching it off changes the site average
-        head_out = net.zero_mode(torch.cat([x.mean(dim=(1, 2))[:, None], net.act(net.embed(t))], dim=1))
-    assert head_out.abs().max() > 0
+        # with F_θ = 0 the zero mode of the score is exactly that of a Gaussian zero mode of
+        # variance s_d²: s̄ = −M_t/(σ_t² + f² V s_d²), whatever the U-Net does
+        net.odd = False
+        net.zero_mode[-1].weight.zero_()
+        net.zero_mode[-1].bias.zero_()
+        sd, V = net.config["zero_mode_sd"], 256
+        exact = -x.mean(dim=(1, 2)) / (sde.Xi(t) + sde.f(t) ** 2 * V * sd ** 2)
+        assert torch.allclose(net(x, t).mean(dim=(1, 2)), exact, rtol=1e-10)
 
 
 @pytest.mark.parametrize("kind", ["ve", "vp"])
