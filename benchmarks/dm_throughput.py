@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lib  # noqa: E402
-from lib.dm_sampling import euler_maruyama  # noqa: E402
-from lib.networks import LatticeUNet, MLPScore  # noqa: E402
-from lib.training import Trainer  # noqa: E402
-from lib.utils import hardware_summary  # noqa: E402
+from lib.diffusion import euler_maruyama  # noqa: E402
+from lib.diffusion.networks import LatticeUNet, MLPScore  # noqa: E402
+from lib.diffusion.training import Trainer  # noqa: E402
+from lib.runtime import hardware_summary  # noqa: E402
 
 PAPER_SAMPLES_PER_S = 97.52
 PAPER_EPOCH_S = {16: 5.80, 32: 6.54, 64: 8.63}

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lib  # noqa: E402
-from lib.utils import hardware_summary  # noqa: E402
+from lib.runtime import hardware_summary  # noqa: E402
 
 PAPER_TRAJ_PER_S = 1.57 * 164  # 100 leapfrog steps of 0.01 per trajectory
 

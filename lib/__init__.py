@@ -1,41 +1,32 @@
 """Diffusion models as stochastic quantisation in lattice field theory — the book's library.
 
-Modules
--------
-toy_model     the 0D model S = μ²/2 φ² + g/4! φ⁴ with exact results by quadrature (eq. 3.19)
-phi4          lattice φ⁴ in d dimensions (eqs. 4.2–4.4) and the exact free field
-langevin      stochastic quantisation: the discretised Langevin equation (eq. 2.15)
-markov        the batched Markov-chain base class (state, run loop, save/resume)
-hmc           Hybrid Monte Carlo: leapfrog, batched chains, the paper's protocol (hot or ordered
-              starts, one or more configurations per chain), resumable state
-metropolis    local Metropolis with checkerboard sweeps
-fokker_planck the 1D Fokker–Planck equation (eq. 2.6) solved on a grid
-observables   M, |M|, χ₂, U_L, vacuum and domain-wall fractions, two-point functions, power
-              spectra and mode correlations, block averages, cumulants
-stats         jackknife, Γ-method autocorrelation times (pyerrors)
-ensemble      ensemble files with metadata, atomic writes, a metadata-keyed cache
-sde           VE (eq. 3.6) and VP forward SDEs: g(t), f(t, s), Ξ(t), perturbation kernels, priors
-gmm           Gaussian mixtures with exact diffused densities and scores
-networks      score networks: time-embedded MLP, circular lattice U-Net (App. A)
-training      denoising score matching (eq. 3.4), a resumable trainer, normalisation
-dm_sampling   reverse SDE (eq. 3.9), predictor–corrector, probability-flow ODE (3.14), likelihood (3.15)
-diffusion     the workflow: train on an ensemble, generate an ensemble from a checkpoint, and the
-              cached versions keyed by every setting (cached_score_model, cached_dm_ensemble)
-cli           ``python -m lib hmc | observables | train | sample``
+The layout follows the paper's pipeline::
+
+    theories/    what is sampled: the 0D toy model (eq. 3.19), lattice φ⁴ (eqs. 4.2–4.4, the free
+                 field at λ = 0), Gaussian mixtures with exact scores; the Theory protocol
+    mcmc/        Markov chains on e^{−S}: the batched chain base, Langevin (eq. 2.15), HMC with
+                 the paper's ensemble protocol (HMCSettings), local Metropolis
+    diffusion/   diffusion models: SDEs (eq. 3.6), score networks (App. A), the DSM loss (eq. 3.4),
+                 training (TrainSettings), samplers in a registry (SampleSettings; eqs. 3.9, 3.14),
+                 the likelihood (eq. 3.15), the cached train/generate workflow
+    analysis/    observables (eqs. 4.5–4.7), jackknife and Γ-method statistics, Fokker–Planck (eq. 2.6)
+    storage/     atomic, safe files: ensembles with metadata, checkpoints, the metadata-keyed cache
+    settings.py  frozen per-stage settings objects and the one rule for cache keys
+    rng.py       per-sample random streams: sample i depends only on (seed, i)
+    runtime.py   devices, progress bars, shape checks;  display.py  tables and value ± error
+    cli.py       python -m lib hmc | observables | train | sample
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from .toy_model import ToyModel
-from .phi4 import Phi4
-from .langevin import Langevin, langevin, langevin_step, langevin_moments
-from .hmc import HMC, cached_hmc_ensemble, hmc_chain, hmc_ensemble, leapfrog, hamiltonian
-from .metropolis import Metropolis
-from . import observables, stats, ensemble, fokker_planck
-from . import sde, gmm, networks, training, dm_sampling, diffusion
-from .sde import VESDE, VPSDE
-from .gmm import GaussianMixture
+from . import analysis, diffusion, display, mcmc, rng, runtime, settings, storage, theories
+from .analysis import fokker_planck, observables, stats
+from .diffusion import SampleSettings, TrainSettings, VESDE, VPSDE
+from .mcmc import (HMC, HMCSettings, Langevin, Metropolis, cached_hmc_ensemble, hamiltonian, hmc_chain,
+                   hmc_ensemble, langevin, langevin_moments, langevin_step, leapfrog)
+from .theories import GaussianMixture, Phi4, Theory, ToyModel
 
-__all__ = ["ToyModel", "Phi4", "Langevin", "langevin", "langevin_step", "langevin_moments", "HMC", "hmc_chain",
-           "hmc_ensemble", "cached_hmc_ensemble", "leapfrog", "hamiltonian", "Metropolis", "observables", "stats", "ensemble",
-           "fokker_planck", "sde", "gmm", "networks", "training", "dm_sampling", "diffusion", "VESDE", "VPSDE",
-           "GaussianMixture", "__version__"]
+__all__ = ["analysis", "diffusion", "display", "mcmc", "rng", "runtime", "settings", "storage", "theories",
+           "fokker_planck", "observables", "stats", "SampleSettings", "TrainSettings", "VESDE", "VPSDE", "HMC",
+           "HMCSettings", "Langevin", "Metropolis", "cached_hmc_ensemble", "hamiltonian", "hmc_chain", "hmc_ensemble",
+           "langevin", "langevin_moments", "langevin_step", "leapfrog", "GaussianMixture", "Phi4", "Theory", "ToyModel",
+           "__version__"]

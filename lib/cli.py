@@ -7,8 +7,11 @@ observables  print ⟨M⟩, ⟨|M|⟩, χ₂, U_L (jackknife errors) of an ensem
 train        train a diffusion model (score network) on an ensemble; writes a checkpoint
 sample       generate an ensemble from a checkpoint (same file format as HMC ensembles)
 
-Every error is reported in one line on stderr with a non-zero exit status; no file is
-overwritten without ``--force``.
+Every error is reported in one line on stderr with a non-zero exit status, before any
+computation where it can be known in advance; no file is overwritten without ``--force`` and
+none is left half-written. The flags of a stage build its settings object
+(:class:`lib.HMCSettings`, :class:`lib.TrainSettings`, :class:`lib.SampleSettings`), which is
+validated once and stored in the output.
 """
 from __future__ import annotations
 
@@ -30,16 +33,34 @@ class CLIError(Exception):
 
 
 def _positive_int(s):
-    v = int(s)
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v
 
 
 def _nonneg_int(s):
-    v = int(s)
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s}")
+    return v
+
+
+def _finite(s):
+    import math
+
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {s!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
     return v
 
 
@@ -50,15 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("hmc", help="generate an HMC ensemble (one configuration per chain)")
     h.add_argument("--L", type=_positive_int, required=True, help="lattice size")
-    h.add_argument("--kappa", type=float, required=True, help="hopping parameter κ")
-    h.add_argument("--lam", type=float, required=True, help="quartic coupling λ")
+    h.add_argument("--kappa", type=_finite, required=True, help="hopping parameter κ")
+    h.add_argument("--lam", type=_finite, required=True, help="quartic coupling λ")
     h.add_argument("--d", type=_positive_int, default=2, help="dimensions (default 2)")
     h.add_argument("--n-configs", type=_positive_int, required=True, help="number of configurations (= chains)")
     h.add_argument("--seed", type=_nonneg_int, required=True)
     h.add_argument("--out", type=Path, required=True, help="output .npz file")
     h.add_argument("--n-burnin", type=_nonneg_int, default=100, help="burn-in trajectories (paper: 100)")
     h.add_argument("--n-spacing", type=_positive_int, default=64, help="further trajectories before keeping one (paper: 64)")
-    h.add_argument("--eps", type=float, default=0.01, help="leapfrog step (paper: 0.01)")
+    h.add_argument("--eps", type=_finite, default=0.01, help="leapfrog step (paper: 0.01)")
     h.add_argument("--n-steps", type=_positive_int, default=100, help="leapfrog steps per trajectory (paper: 100)")
     h.add_argument("--batch-size", type=_positive_int, default=1024, help="chains updated together")
     h.add_argument("--start", choices=["hot", "ordered", "cold"], default="hot",
@@ -81,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
     t.add_argument("--epochs", type=_positive_int, default=250, help="paper: 250")
     t.add_argument("--batch-size", type=_positive_int, default=64, help="paper: 64")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (paper: 1e-3)")
+    t.add_argument("--lr", type=_finite, default=1e-3, help="Adam learning rate (paper: 1e-3)")
     t.add_argument("--sde", choices=["ve", "vp"], default="ve")
-    t.add_argument("--sigma", type=float, default=25.0, help="g(t) = sigma^t (paper: 25)")
+    t.add_argument("--sigma", type=_finite, default=25.0, help="g(t) = sigma^t (paper: 25)")
     t.add_argument("--channels", default="32,64,128,256", help="U-Net channels (four numbers)")
     t.add_argument("--strides", default="1,2,2,2", help="U-Net strides (four numbers in {1,2})")
     t.add_argument("--hidden", default="64,64", help="MLP hidden sizes (for non-lattice data)")
@@ -93,13 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--odd", action="store_true", help="make the network odd under phi -> -phi")
     t.add_argument("--zero-mode-head", action="store_true",
                    help="U-Net with a path for the magnetisation (zero mode) of the score (chapter 6)")
-    t.add_argument("--zero-mode-sd", type=float, default=None,
+    t.add_argument("--zero-mode-sd", type=_finite, default=None,
                    help="scale of the zero-mode head (default: the RMS magnetisation of the data in network units)")
-    t.add_argument("--zero-mode-weight", type=float, default=1.0,
+    t.add_argument("--zero-mode-weight", type=_finite, default=1.0,
                    help="weight of the zero mode in the DSM loss (paper: 1; chapter 6)")
-    t.add_argument("--ema", type=float, default=None, help="EMA decay of the weights, e.g. 0.999")
+    t.add_argument("--ema", type=_finite, default=None, help="EMA decay of the weights, e.g. 0.999")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use only the first N configurations")
-    t.add_argument("--seed", type=_nonneg_int, required=True)
+    t.add_argument("--seed", type=_nonneg_int, required=True, help="fixes the initial weights and the training")
+    t.add_argument("--grad-clip", type=_finite, default=None, help="clip the gradient norm")
     t.add_argument("--device", default="auto")
     t.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run written to --out")
@@ -112,9 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, required=True, help="output ensemble (.npz)")
     g.add_argument("--seed", type=_nonneg_int, required=True)
     g.add_argument("--L", type=_positive_int, default=None, help="lattice size (default: the training L)")
-    g.add_argument("--sampler", choices=["em", "pc", "ode"], default="em")
-    g.add_argument("--steps", type=_positive_int, default=500, help="Euler-Maruyama steps (paper: 500)")
-    g.add_argument("--eps", type=float, default=1e-3, help="last diffusion time (paper: 1e-3)")
+    from .diffusion.samplers import SAMPLER_HELP, SAMPLERS
+
+    g.add_argument("--sampler", choices=list(SAMPLERS), default="em",
+                   help="; ".join(f"{k}: {v}" for k, v in SAMPLER_HELP.items()))
+    g.add_argument("--steps", type=_positive_int, default=500, help="time steps of em and pc (paper: 500)")
+    g.add_argument("--rtol", type=_finite, default=1e-5, help="relative tolerance of the ode sampler")
+    g.add_argument("--atol", type=_finite, default=1e-5, help="absolute tolerance of the ode sampler")
+    g.add_argument("--eps", type=_finite, default=1e-3, help="last diffusion time (paper: 1e-3)")
     g.add_argument("--batch-size", type=_positive_int, default=1024)
     g.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
     g.add_argument("--device", default="auto")
@@ -136,153 +163,202 @@ def _ints(s: str, name: str, n: int | None = None) -> tuple:
 def _device(name: str):
     import torch
 
-    from .utils import resolve_device
+    from .runtime import resolve_device
 
+    device = resolve_device(name)
     try:
-        device = resolve_device(name)
-        torch.empty(0, device=device)
+        torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as exc:
-        raise CLIError(f"device {name!r} is not available: {str(exc).splitlines()[0]}") from exc
+        raise CLIError(f"device {name!r} is not available: {str(exc).splitlines()[0]}") from None
     return device
 
 
-def _check_out(path: Path, suffix: str, force: bool, resume: bool = False):
-    if path.suffix != suffix:
-        raise CLIError(f"--out must name a {suffix} file, got {path}")
-    if not path.parent.exists():
-        raise CLIError(f"directory {path.parent} does not exist")
-    if path.exists() and not (force or resume):
-        raise CLIError(f"{path} exists; pass --force to overwrite it" + (" or --resume to continue it" if suffix == ".pt" else ""))
+def _build(cls, flags: dict, **values):
+    """Build a settings object from command-line values; an invalid value is reported with the
+    name of the flag the user typed (``flags`` maps setting names to flags)."""
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        msg = str(exc)
+        for name, flag in flags.items():
+            if msg.startswith(name + " "):
+                msg = flag + msg[len(name):]
+                break
+        raise CLIError(msg, status=2) from None
+
+
+def _check_out(path: Path, suffix: str, force: bool, resume: bool = False) -> None:
+    """Refuse a bad output path before computing (see :func:`lib.storage.files.check_writable`)."""
+    from .storage.files import check_writable
+
+    try:
+        check_writable(path, suffix, overwrite=force or resume)
+    except FileExistsError:
+        raise CLIError(f"{path} exists; pass --force to overwrite it" + (" or --resume to continue it" if suffix == ".pt"
+                                                                         else "")) from None
+
+
+def _load_ensemble(path):
+    from .storage.ensembles import load_ensemble
+
+    return load_ensemble(path)
 
 
 def cmd_train(a) -> int:
-    from .diffusion import check_lattice, default_model, make_sde, train_score_model, zero_mode_scale
-    from .ensemble import load_ensemble
+    import torch
 
+    from .diffusion import TrainSettings, check_lattice, default_model, make_sde, train_score_model, zero_mode_scale
+    from .diffusion.networks import build_score_model
+    from .diffusion.training import NonFiniteLoss
+    from .rng import check_seed
+
+    # everything is validated before anything is written or deleted
     _check_out(a.out, ".pt", a.force, a.resume)
-    if a.force and a.out.exists() and not a.resume:
-        a.out.unlink()
     if a.resume and not a.out.exists():
         raise CLIError(f"--resume: {a.out} does not exist")
-    try:
-        ens = load_ensemble(a.ensemble)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc)) from exc
-    configs = ens.configs[: a.n_train] if a.n_train else ens.configs
+    if a.resume and a.force:
+        raise CLIError("--resume and --force exclude each other")
+    seed = check_seed(a.seed)
+    ens = _load_ensemble(a.ensemble)
     if a.n_train and a.n_train > len(ens):
         raise CLIError(f"--n-train {a.n_train} exceeds the {len(ens)} configurations in {a.ensemble}")
-    if not (a.lr > 0 and a.sigma > 1 and a.zero_mode_weight > 0):
-        raise CLIError("need --lr > 0, --sigma > 1 and --zero-mode-weight > 0")
+    configs = ens.configs[: a.n_train] if a.n_train else ens.configs
+    settings = _build(TrainSettings, {"lr": "--lr", "ema_decay": "--ema", "grad_clip": "--grad-clip",
+                                      "zero_mode_weight": "--zero-mode-weight"},
+                      epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema, z2_augment=a.z2_augment,
+                      normalisation=a.normalise, grad_clip=a.grad_clip, zero_mode_weight=a.zero_mode_weight,
+                      amp=a.amp)
     device = _device(a.device)
     sde = make_sde(a.sde, a.sigma)
+    if not a.sigma > 1:
+        raise CLIError(f"--sigma must be > 1, got {a.sigma}")
+    zm_sd = (a.zero_mode_sd if a.zero_mode_sd is not None
+             else zero_mode_scale(configs, a.normalise) if a.zero_mode_head else 0.5)
+    model = default_model(sde, configs.shape[1:], channels=_ints(a.channels, "channels", 4),
+                          strides=_ints(a.strides, "strides", 4), odd=a.odd, hidden=_ints(a.hidden, "hidden"),
+                          zero_mode_head=a.zero_mode_head, zero_mode_sd=zm_sd)
+    check_lattice(model, {"lattice_shape": list(configs.shape[1:])}, None)
+    model = build_score_model(model.config, seed=seed)  # the initial weights are a function of the seed
+    with torch.no_grad():  # a forward pass on two configurations catches an unusable network before training
+        model(torch.zeros((2, *configs.shape[1:])), torch.full((2,), 0.5))
+    meta = {"training_ensemble": {k: ens.metadata.get(k) for k in ("theory", "sampler", "settings", "seed")},
+            "theory": ens.metadata.get("theory"), "normalisation": a.normalise}
     try:
-        model = default_model(sde, configs.shape[1:], channels=_ints(a.channels, "channels", 4),
-                              strides=_ints(a.strides, "strides", 4), odd=a.odd, hidden=_ints(a.hidden, "hidden"),
-                              zero_mode_head=a.zero_mode_head,
-                              zero_mode_sd=(a.zero_mode_sd if a.zero_mode_sd is not None
-                                            else zero_mode_scale(configs, a.normalise) if a.zero_mode_head else 0.5))
-        check_lattice(model, {"lattice_shape": list(configs.shape[1:])}, None)
-        meta = {"training_ensemble": {k: ens.metadata.get(k) for k in ("theory", "sampler", "settings", "seed")},
-                "theory": ens.metadata.get("theory"), "normalisation": a.normalise}
-        trainer = train_score_model(configs, model, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                                    ema_decay=a.ema, z2_augment=a.z2_augment, normalisation=a.normalise,
-                                    checkpoint=a.out, device=device, amp=a.amp, metadata=meta,
-                                    progress_bar=not a.no_progress, zero_mode_weight=a.zero_mode_weight)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+        trainer = train_score_model(configs, model, settings, seed=seed, checkpoint=a.out, device=device,
+                                    metadata=meta, progress_bar=not a.no_progress, resume=a.resume)
+    except NonFiniteLoss as exc:
+        raise CLIError(str(exc)) from None
     print(f"trained {trainer.epoch} epochs, final loss {trainer.history[-1]:.4g}; checkpoint {a.out}", file=sys.stderr)
     return 0
 
 
 def cmd_sample(a) -> int:
-    from .diffusion import generate_from_checkpoint
-    from .ensemble import make_metadata, save_ensemble
-    from .training import load_checkpoint
+    import numpy as np
+
+    from .diffusion import SampleSettings, check_lattice, generate, load_model
+    from .diffusion.samplers import SamplerFailed
+    from .rng import check_seed
+    from .storage.ensembles import make_metadata, save_ensemble
 
     _check_out(a.out, ".npz", a.force)
-    try:
-        state = load_checkpoint(a.checkpoint)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc)) from exc
-    if not 0 < a.eps < 1:
-        raise CLIError(f"--eps must lie in (0, 1), got {a.eps}")
+    seed = check_seed(a.seed)
+    settings = _build(SampleSettings, {"n_steps": "--steps", "eps": "--eps", "rtol": "--rtol", "atol": "--atol"},
+                      sampler=a.sampler, n_steps=a.steps, eps=a.eps, ema=not a.no_ema, rtol=a.rtol, atol=a.atol)
     device = _device(a.device)
-    meta_ck = state.get("metadata", {})
+    model, state = load_model(a.checkpoint, device=device, ema=settings.ema)
+    meta_ck = state["metadata"]
     trained_shape = tuple(meta_ck.get("lattice_shape", ()))
-    shape = (a.L,) * len(trained_shape) if a.L else None
+    shape = check_lattice(model, meta_ck, (a.L,) * len(trained_shape) if a.L else None)
+    _check_memory(a.n, shape, a.batch_size)
+    done = []
     try:
-        configs, _, state = generate_from_checkpoint(a.checkpoint, a.n, a.seed, lattice_shape=shape, device=device,
-                                                     ema=not a.no_ema, sampler=a.sampler, n_steps=a.steps, eps=a.eps,
-                                                     batch_size=a.batch_size, progress_bar=not a.no_progress)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+        configs, _ = generate(model, a.n, seed, settings, lattice_shape=shape, normaliser=meta_ck.get("normaliser"),
+                              batch_size=a.batch_size, device=device, progress_bar=not a.no_progress,
+                              on_batch=lambda start, x: done.append(x))
+    except SamplerFailed as exc:
+        kept = ""
+        if done:
+            import torch
+
+            part = a.out.with_name(a.out.stem + ".partial.npz")
+            theory = dict(meta_ck.get("theory") or {"name": "unknown"})
+            save_ensemble(part, torch.cat(done), make_metadata(theory, "dm", settings, seed, incomplete=True),
+                          overwrite=True)
+            kept = f"; the {sum(len(x) for x in done)} configurations finished before are in {part}"
+        raise CLIError(f"{exc}{kept}") from None
     theory = dict(meta_ck.get("theory") or {"name": "unknown"})
     if a.L and "L" in theory:
         theory["L"] = a.L
-    settings = {"checkpoint": str(a.checkpoint), "sampler": a.sampler, "n_steps": a.steps, "eps": a.eps,
-                "ema": not a.no_ema, "epochs": state["epoch"], "model": state["model_config"],
-                "trained_on": meta_ck.get("training_ensemble")}
-    meta = make_metadata(theory, "dm", settings, a.seed, device=str(device))
+    bad = int((~np.isfinite(configs.numpy().reshape(len(configs), -1))).any(axis=1).sum())
+    if bad:
+        raise CLIError(f"{bad} of {a.n} generated configurations are NaN or inf (the model is broken?); nothing written")
+    meta = make_metadata(theory, "dm", settings, seed, device=str(device), checkpoint=str(a.checkpoint),
+                         epochs=state["epoch"], model=state["model_config"],
+                         trained_on=meta_ck.get("training_ensemble"))
     save_ensemble(a.out, configs, meta, overwrite=a.force)
     print(f"wrote {a.n} configurations to {a.out}", file=sys.stderr)
     return 0
 
 
+def _check_memory(n: int, shape, batch_size: int, itemsize: int = 8) -> None:
+    import math
+
+    from .mcmc.hmc import _memory_limit
+
+    need = n * math.prod(shape) * itemsize
+    if need > _memory_limit():
+        raise CLIError(f"{n} configurations of shape {tuple(shape)} need {need / 2**30:.1f} GiB, more than this "
+                       "machine has; ask for fewer")
+
+
 def cmd_hmc(a) -> int:
-    import torch
+    import warnings
 
-    from .ensemble import make_metadata, save_ensemble
-    from .hmc import hmc_ensemble
-    from .phi4 import Phi4
+    from .mcmc.hmc import HMCSettings, hmc_ensemble
+    from .rng import check_seed
+    from .storage.ensembles import make_metadata, save_ensemble
+    from .theories import Phi4
 
-    if a.out.suffix != ".npz":
-        raise CLIError(f"--out must name a .npz file, got {a.out}")
-    if a.out.exists() and not a.force:
-        raise CLIError(f"{a.out} exists; pass --force to overwrite it")
-    if not a.out.parent.exists():
-        raise CLIError(f"directory {a.out.parent} does not exist")
-    if not a.eps > 0:
-        raise CLIError(f"--eps must be positive, got {a.eps}")
+    _check_out(a.out, ".npz", a.force)
+    seed = check_seed(a.seed)
     if a.n_configs % a.per_chain:
         raise CLIError(f"--n-configs {a.n_configs} is not a multiple of --per-chain {a.per_chain}")
-    try:
-        theory = Phi4(L=a.L, kappa=a.kappa, lam=a.lam, d=a.d)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    settings = _build(HMCSettings, {"eps": "--eps", "n_steps": "--n-steps"}, eps=a.eps, n_steps=a.n_steps,
+                      n_burnin=a.n_burnin, n_spacing=a.n_spacing, n_per_chain=a.per_chain, start=a.start,
+                      dtype=a.dtype)
+    if a.d > 4:
+        raise CLIError(f"--d {a.d}: lattices of more than 4 dimensions are not supported")
+    theory = Phi4(L=a.L, kappa=a.kappa, lam=a.lam, d=a.d)
     device = _device(a.device)
-    dtype = getattr(torch, a.dtype)
-    configs, info = hmc_ensemble(theory, a.n_configs, a.seed, n_burnin=a.n_burnin, n_spacing=a.n_spacing,
-                                 eps=a.eps, n_steps=a.n_steps, batch_size=a.batch_size, device=device, dtype=dtype,
-                                 progress_bar=not a.no_progress, checkpoint_dir=a.checkpoint_dir,
-                                 start=a.start, n_per_chain=a.per_chain)
-    settings = {"protocol": "independent-chains", "n_configs": a.n_configs, "n_burnin": a.n_burnin,
-                "n_spacing": a.n_spacing, "eps": a.eps, "n_steps": a.n_steps, "batch_size": a.batch_size,
-                "dtype": a.dtype, "start": a.start, "n_per_chain": a.per_chain}
-    meta = make_metadata(theory, "hmc", settings, a.seed, acceptance=info["acceptance"], device=str(device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        configs, info = hmc_ensemble(theory, a.n_configs, seed, settings, batch_size=a.batch_size, device=device,
+                                     progress_bar=not a.no_progress, checkpoint_dir=a.checkpoint_dir)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    meta = make_metadata(theory, "hmc", settings, seed, n_configs=a.n_configs, acceptance=info["acceptance"],
+                         device=str(device))
     save_ensemble(a.out, configs, meta, overwrite=a.force)
     print(f"wrote {a.n_configs} configurations to {a.out} (acceptance {info['acceptance']:.3f})", file=sys.stderr)
     return 0
 
 
 def cmd_observables(a) -> int:
-    from .ensemble import load_ensemble
-    from .observables import summary
+    from .analysis.observables import summary
 
-    try:
-        ens = load_ensemble(a.file)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc)) from exc
+    ens = _load_ensemble(a.file)
     if len(ens) < 2:
         raise CLIError(f"{a.file} holds {len(ens)} configuration(s); need at least 2 for errors")
     if a.n_blocks is not None and not 2 <= a.n_blocks <= len(ens):
         raise CLIError(f"--n-blocks must lie between 2 and {len(ens)}")
     s = summary(ens.configs, n_blocks=a.n_blocks)
     th = ens.metadata.get("theory", {})
+    th = th if isinstance(th, dict) else {}
     out = {k: list(s[k]) for k in ("M", "absM", "chi2", "binder")}
     out.update(n_configs=s["n_configs"], L=th.get("L"), kappa=th.get("kappa"), lam=th.get("lam"), d=th.get("d"),
                theory=th, sampler=ens.metadata.get("sampler"), seed=ens.metadata.get("seed"))
     if a.json:
-        print(json.dumps(out))
+        print(json.dumps(out, allow_nan=False))
     else:
         print(f"{a.file}: {th.get('name')} L={th.get('L')} kappa={th.get('kappa')} lam={th.get('lam')}, "
               f"{s['n_configs']} configurations from {ens.metadata.get('sampler')}")
@@ -295,13 +371,29 @@ def cmd_observables(a) -> int:
 COMMANDS = {"hmc": cmd_hmc, "observables": cmd_observables, "train": cmd_train, "sample": cmd_sample}
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
 def main(argv=None) -> int:
+    """Run a command; every failure is one line on stderr and a non-zero exit status."""
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except CLIError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return exc.status
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted (finished work is kept: rerun the same command to resume where supported)",
+              file=sys.stderr)
         return 130
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory; ask for fewer configurations or a smaller --batch-size", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the command line never shows a traceback
+        print(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); please report it", file=sys.stderr)
+        return 1

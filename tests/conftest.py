@@ -1,7 +1,7 @@
 """Shared test set-up.
 
 * The repository root goes on ``sys.path`` so that ``import lib`` works without installing it.
-* ``DMSQ_CACHE`` (the ensemble cache of :mod:`lib.ensemble`) points to a fresh temporary
+* ``DMSQ_CACHE`` (the ensemble cache of :mod:`lib.storage.cache`) points to a fresh temporary
   directory for the whole session, so the tests never read or write ``~/.cache/dmsq``.
   Subprocesses (papermill kernels) inherit it.
 * Matplotlib draws off-screen.

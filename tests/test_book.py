@@ -246,8 +246,8 @@ def _check_provenance(nb):
     sampler, the rescaling and the numbers shown. Every row must be recomputable from the file its
     record names, and that file must hold what the label says (HMC rows from HMC ensembles, DM
     rows from generated ones) — the check that catches a 'DM' row computed from HMC data."""
-    from lib.ensemble import load_ensemble
-    from lib.observables import rescaled_site_cumulants
+    from lib.storage import load_ensemble
+    from lib.analysis.observables import rescaled_site_cumulants
 
     for cell in nb.cells:
         if cell.cell_type != "code" or "provenance" not in cell.metadata.get("tags", []):
@@ -301,7 +301,7 @@ def test_book_builds_without_warnings(tmp_path):
 def test_provenance_check_catches_a_row_from_the_wrong_data(tmp_path):
     """A 'DM' row computed from an HMC ensemble (the mistake in one published table) must fail."""
     import lib
-    from lib.observables import rescaled_site_cumulants
+    from lib.analysis.observables import rescaled_site_cumulants
 
     ens = lib.cached_hmc_ensemble(lib.Phi4(L=4, kappa=0.3, lam=0.022), 8, seed=1, n_burnin=2, n_spacing=2, eps=0.1,
                                   n_steps=5, cache_dir=tmp_path, progress_bar=False, verbose=False)

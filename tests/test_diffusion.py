@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from lib.dm_sampling import euler_maruyama, log_likelihood, predictor_corrector, probability_flow
-from lib.gmm import GaussianMixture
-from lib.networks import LatticeUNet, MLPScore, build_score_model
-from lib.observables import cumulants_from_moments
-from lib.sde import VESDE, VPSDE
-from lib.stats import jackknife
-from lib.training import Normaliser, Trainer, dsm_loss, load_checkpoint, load_model
+from lib.diffusion import euler_maruyama, log_likelihood, predictor_corrector, probability_flow
+from lib.theories import GaussianMixture
+from lib.diffusion.networks import LatticeUNet, MLPScore, build_score_model
+from lib.analysis.observables import cumulants_from_moments
+from lib.diffusion.sde import VESDE, VPSDE
+from lib.analysis.stats import jackknife
+from lib.diffusion import Normaliser, Trainer, dsm_loss, load_checkpoint, load_model
 
 from helpers import assert_stat
 
@@ -108,8 +108,8 @@ def test_reverse_sde_records_and_pc_and_ode():
     # at t = 0.5 the reverse process has the forward marginal's variance κ2(0) + Ξ(0.5)
     var = rec[0.5].var().item()
     assert abs(var - (1.0625 + sde.Xi(0.5).item())) < 5 * var * math.sqrt(2 / 4000)
-    y = predictor_corrector(g.score_fn(sde), sde, (4000, 1), n_steps=300, generator=gen, dtype=torch.float64,
-                            progress_bar=False)
+    y, _ = predictor_corrector(g.score_fn(sde), sde, (4000, 1), n_steps=300, generator=gen, dtype=torch.float64,
+                               progress_bar=False)
     z = probability_flow(g.score_fn(sde), sde, sde.prior_sample((4000, 1), generator=gen, dtype=torch.float64),
                          sde.T, 1e-3)
     for s in (y, z):
@@ -252,7 +252,7 @@ def test_resume_refuses_other_settings(tmp_path):
     t = _toy_trainer(tmp_path, "c.pt")
     t.fit(1, progress_bar=False)
     other = _toy_trainer(tmp_path, "c.pt", epochs_seed=1)
-    with pytest.raises(ValueError, match="hyperparameters"):
+    with pytest.raises(ValueError, match="other settings"):
         other.fit(2, progress_bar=False)
 
 

@@ -9,11 +9,12 @@ import torch
 
 import lib
 from lib import observables as obs
-from lib.diffusion import (_request_hash, cached_dm_ensemble, cached_score_model, default_model, generate,
+from lib.storage.files import content_hash as _request_hash
+from lib.diffusion import (cached_dm_ensemble, cached_score_model, default_model, generate,
                            make_sde)
-from lib.ensemble import Ensemble, make_metadata
-from lib.networks import build_score_model
-from lib.training import dsm_loss, load_checkpoint
+from lib.storage import Ensemble, make_metadata
+from lib.diffusion.networks import build_score_model
+from lib.diffusion import dsm_loss, load_checkpoint
 
 from helpers import assert_stat
 
@@ -44,7 +45,7 @@ def test_ordered_start_populates_both_vacua_and_chains_are_contiguous():
     assert abs(frac - 0.5) < 4 * 0.5 / np.sqrt(n_chains)
     # the sampled field sits near the classical vacuum (quantum corrections are small at λ = 0.022)
     assert abs(obs.abs_magnetisation(configs).mean() / th.classical_vacuum() - 1) < 0.1
-    assert info["start"] == "ordered" and info["n_per_chain"] == per
+    assert info["settings"]["start"] == "ordered" and info["settings"]["n_per_chain"] == per
 
 
 def test_several_configs_per_chain_resume_bitwise(tmp_path):
@@ -59,14 +60,17 @@ def test_several_configs_per_chain_resume_bitwise(tmp_path):
         lib.hmc_ensemble(th, 10, seed=1, **kw)
 
 
-def test_cached_ensemble_key_keeps_paper_protocol_and_separates_starts(tmp_path):
+def test_cached_ensemble_key_separates_starts_and_ignores_the_batch_size(tmp_path):
     th = lib.Phi4(L=4, kappa=0.3, lam=0.022)
     kw = dict(n_burnin=2, n_spacing=2, eps=0.1, n_steps=5, cache_dir=tmp_path, progress_bar=False, verbose=False)
     hot = lib.cached_hmc_ensemble(th, 8, seed=1, **kw)
     ordered = lib.cached_hmc_ensemble(th, 8, seed=1, start="ordered", **kw)
-    assert "start" not in hot.metadata["settings"]  # the paper's protocol keeps its old cache key
+    assert hot.metadata["settings"] == lib.HMCSettings(n_burnin=2, n_spacing=2, eps=0.1, n_steps=5).key()
     assert ordered.metadata["settings"]["start"] == "ordered"
     assert len(list(tmp_path.glob("*.npz"))) == 2
+    # another batch size is the same request: the file is loaded, not made again
+    again = lib.cached_hmc_ensemble(th, 8, seed=1, batch_size=3, **kw)
+    assert again.path == hot.path and len(list(tmp_path.glob("*.npz"))) == 2
 
 
 # ---------------------------------------------------------------- observables for the broken phase and RG view
@@ -201,7 +205,7 @@ def test_generated_ensemble_shape_metadata_and_cache(broken_ensemble):
     meta = g.metadata
     assert meta["sampler"] == "dm" and meta["seed"] == 1 and meta["n_configs"] == 10
     assert meta["theory"] == ens.metadata["theory"]
-    assert meta["settings"]["model"] == _request_hash(state["metadata"]["request"])
+    assert meta["model"] == _request_hash(state["metadata"]["request"])
     assert meta["settings"]["n_steps"] == 20 and meta["lib_version"] == lib.__version__
     # the same request loads the same file; another seed or L is another ensemble
     assert np.array_equal(cached_dm_ensemble(path, 10, seed=1, **kw).configs, g.configs)
@@ -296,8 +300,6 @@ def test_zero_mode_head_keeps_symmetries_and_is_exact_for_a_gaussian_zero_mode(k
     torch.manual_seed(0)
     net = default_model(sde, (16, 16), **SMALL_UNET, zero_mode_head=True, odd=True).double()
     assert build_score_model(net.config).zero_mode is not None
-    with pytest.raises(ValueError, match="earlier development version"):
-        build_score_model({**net.config, "zero_mode_head": True})
     x = torch.randn(3, 16, 16, dtype=torch.float64) + 0.3
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     with torch.no_grad():
@@ -319,7 +321,7 @@ def test_zero_mode_head_keeps_symmetries_and_is_exact_for_a_gaussian_zero_mode(k
 def test_tweedie_denoise_is_the_exact_posterior_mean_for_a_gaussian(kind):
     """For φ₀ ~ N(0, v): E[φ₀ | φ_t] = f v φ_t / (f² v + Ξ). Tweedie's formula with the exact score gives it."""
     from lib.diffusion import tweedie_denoise
-    from lib.gmm import GaussianMixture
+    from lib.theories import GaussianMixture
 
     sde = make_sde(kind, 10.0)
     v = 0.7

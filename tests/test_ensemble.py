@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import lib
-from lib import HMC, Phi4, ensemble, hmc_ensemble
-from lib.ensemble import (cached_ensemble, default_cache_dir, load_ensemble, make_metadata, request_key,
+from lib import HMC, Phi4, hmc_ensemble
+from lib.storage import ensembles as ensemble
+from lib.storage import (cached_ensemble, default_cache_dir, load_ensemble, make_metadata, request_key,
                           save_ensemble)
 
 torch.set_num_threads(1)
@@ -93,8 +94,8 @@ def test_metadata_is_canonical_json():
     m = make_metadata(TH, "hmc", {"shape": (4, 4), "eps": 0.1}, 3)
     assert m["settings"]["shape"] == [4, 4] and m["seed"] == 3
     assert json.loads(json.dumps(m)) == m
-    # the request key depends on every defining field, and only on those
-    assert request_key(m) == request_key(dict(m, acceptance=0.5))
+    # the request key depends on every field of the request; a cached file carries the key it was stored under
+    assert request_key(dict(m, request_key="abc")) == "abc"
     for changed in (make_metadata(Phi4(L=4, kappa=0.22, lam=0.022), "hmc", {"shape": (4, 4), "eps": 0.1}, 3),
                     make_metadata(TH, "metropolis", {"shape": (4, 4), "eps": 0.1}, 3),
                     make_metadata(TH, "hmc", {"shape": (4, 4), "eps": 0.2}, 3),
@@ -194,10 +195,10 @@ def test_cache_lock_serialises_two_processes(tmp_path):
     import sys
     import time
 
-    from lib.ensemble import cache_lock
+    from lib.storage import cache_lock
 
     entry = tmp_path / "entry.npz"
-    code = (f"import time, pathlib; from lib.ensemble import cache_lock\n"
+    code = (f"import time, pathlib; from lib.storage import cache_lock\n"
             f"with cache_lock({str(entry)!r}):\n"
             f"    pathlib.Path({str(tmp_path / 'started')!r}).touch(); time.sleep(1.5)\n"
             f"    pathlib.Path({str(entry)!r}).write_text('done')\n")

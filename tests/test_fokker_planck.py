@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib import ToyModel, langevin
-from lib.fokker_planck import fokker_planck_operator, solve_fokker_planck, stationary_density
+from lib.analysis.fokker_planck import fokker_planck_operator, solve_fokker_planck, stationary_density
 
 torch.set_num_threads(1)
 

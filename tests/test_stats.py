@@ -7,7 +7,7 @@ import torch
 from scipy.signal import lfilter
 
 from lib import observables as obs
-from lib.stats import ar1_tau_int, autocorrelation, jackknife, tau_int_fixed_window
+from lib.analysis.stats import ar1_tau_int, autocorrelation, jackknife, tau_int_fixed_window
 
 from helpers import N_SIGMA, assert_stat  # noqa: E402
 

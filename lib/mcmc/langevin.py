@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import torch
 
-from .markov import MarkovChainSampler
-from .utils import check_batch
+from .chain import MarkovChainSampler
+from ..runtime import check_batch
 
 
-def langevin_step(theory, phi: torch.Tensor, dtau: float, generator: torch.Generator, alpha: float = 1.0) -> torch.Tensor:
+def langevin_step(theory, phi: torch.Tensor, dtau: float, generator: torch.Generator | None = None,
+                  alpha: float = 1.0, noise: torch.Tensor | None = None) -> torch.Tensor:
     r"""One Euler–Maruyama step of the Langevin equation (paper eq. 2.15),
 
     .. math:: φ_{n+1} = φ_n + K[φ_n]\\,Δτ + \\sqrt{Δτ}\\,η_n,\\qquad ⟨η_n η_{n'}⟩ = 2α\\,δ_{nn'},
 
     i.e. Gaussian noise of variance 2αΔτ. Its stationary density is e^{−S/α} up to O(Δτ).
+    The standard normal draws come from ``generator``, or are given as ``noise``.
     """
-    noise = torch.randn(phi.shape, generator=generator, device=phi.device, dtype=phi.dtype)
+    if noise is None:
+        noise = torch.randn(phi.shape, generator=generator, device=phi.device, dtype=phi.dtype)
     return phi + dtau * theory.drift(phi) + (2 * alpha * dtau) ** 0.5 * noise
 
 
@@ -26,19 +29,22 @@ class Langevin(MarkovChainSampler):
     unit = "step"
 
     def __init__(self, theory, n_chains: int = 1, dtau: float = 0.01, alpha: float = 1.0, seed: int = 0,
-                 start="cold", device=None, dtype=torch.float64):
+                 start="cold", device=None, dtype=torch.float64, first_chain: int = 0,
+                 per_chain_streams: bool | None = None):
         if not dtau > 0:
             raise ValueError(f"dtau must be positive, got {dtau}")
         if not alpha > 0:
             raise ValueError(f"alpha must be positive, got {alpha}")
         self.dtau, self.alpha = float(dtau), float(alpha)
-        super().__init__(theory, n_chains, seed=seed, start=start, device=device, dtype=dtype)
+        super().__init__(theory, n_chains, seed=seed, start=start, device=device, dtype=dtype,
+                         first_chain=first_chain, per_chain_streams=per_chain_streams)
 
     def settings(self) -> dict:
         return {**super().settings(), "dtau": self.dtau, "alpha": self.alpha}
 
     def update(self):
-        self.phi = langevin_step(self.theory, self.phi, self.dtau, self.generator, self.alpha)
+        noise = self.noise.randn(self.theory.lattice_shape, self.dtype)
+        self.phi = langevin_step(self.theory, self.phi, self.dtau, alpha=self.alpha, noise=noise)
 
     @property
     def time(self) -> float:
@@ -68,7 +74,7 @@ def langevin(theory, phi0: torch.Tensor, n_steps: int, dtau: float, seed: int, a
     obs = observable or (lambda x: x.clone())
     hist = [obs(chain.phi)] if record_every else None
     done = 0
-    from .utils import progress
+    from ..runtime import progress
 
     with progress(total=n_steps, desc="Langevin", disable=not progress_bar) as bar:
         while done < n_steps:

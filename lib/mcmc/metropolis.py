@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .markov import MarkovChainSampler
+from .chain import MarkovChainSampler
 
 
 class Metropolis(MarkovChainSampler):
@@ -20,11 +20,12 @@ class Metropolis(MarkovChainSampler):
     unit = "sweep"
 
     def __init__(self, theory, n_chains: int = 1, delta: float = 1.0, seed: int = 0, start="hot",
-                 device=None, dtype=torch.float64):
+                 device=None, dtype=torch.float64, first_chain: int = 0, per_chain_streams: bool | None = None):
         if not delta > 0:
             raise ValueError(f"proposal width delta must be positive, got {delta}")
         self.delta = float(delta)
-        super().__init__(theory, n_chains, seed=seed, start=start, device=device, dtype=dtype)
+        super().__init__(theory, n_chains, seed=seed, start=start, device=device, dtype=dtype,
+                         first_chain=first_chain, per_chain_streams=per_chain_streams)
         self.masks = theory.checkerboard_masks(device=self.device)
         self.n_accepted_sites = 0
 
@@ -35,10 +36,10 @@ class Metropolis(MarkovChainSampler):
         """One checkerboard sweep of every chain; returns the site acceptance rate of the sweep."""
         acc = 0
         for mask in self.masks:
-            u = torch.rand(self.phi.shape, generator=self.generator, device=self.device, dtype=self.dtype)
+            u = self.noise.rand(self.theory.lattice_shape, self.dtype)
             prop = torch.where(mask, self.phi + self.delta * (2 * u - 1), self.phi)
             dS = self.theory.local_action(prop) - self.theory.local_action(self.phi)
-            r = torch.rand(self.phi.shape, generator=self.generator, device=self.device, dtype=self.dtype)
+            r = self.noise.rand(self.theory.lattice_shape, self.dtype)
             accept = mask & (r < torch.exp(-dS))
             self.phi = torch.where(accept, prop, self.phi)
             acc += int(accept.sum().item())

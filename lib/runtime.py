@@ -1,4 +1,4 @@
-"""Small helpers shared by the samplers: shape checks, devices, generators, progress bars."""
+"""Runtime helpers shared by every stage: shape checks, devices, progress bars, broadcasting."""
 from __future__ import annotations
 
 import torch
@@ -16,19 +16,28 @@ def check_batch(phi: torch.Tensor, lattice_shape: tuple[int, ...]) -> None:
 
 
 def resolve_device(device=None) -> torch.device:
-    """``None`` or ``"auto"`` picks CUDA when available, else the CPU."""
+    """``None`` or ``"auto"`` picks CUDA when available, else the CPU. A device that cannot hold
+    data (``meta``), an unknown name or an absent GPU is refused in one line."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} cannot run computations; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available: no CUDA GPU is visible")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA GPU(s) visible")
+    return dev
 
 
-def make_generator(seed: int, device) -> torch.Generator:
+def make_generator(seed: int, device=None) -> torch.Generator:
     """A torch.Generator on ``device`` seeded with ``seed`` (no global RNG state is touched)."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    g = torch.Generator(device=resolve_device(device))
-    g.manual_seed(seed)
-    return g
+    from .rng import generator
+
+    return generator(seed, device)
 
 
 def progress(iterable=None, total=None, desc=None, disable=False, **kw):
@@ -56,3 +65,10 @@ def hardware_summary(device=None) -> str:
     except OSError:
         pass
     return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample vector ``(batch,)`` (or a scalar) reshaped to broadcast against ``x`` of shape
+    ``(batch, ...)``, in x's dtype and device."""
+    v = torch.as_tensor(v).to(dtype=x.dtype, device=x.device)
+    return v if v.ndim == 0 else v.reshape(-1, *([1] * (x.ndim - 1)))

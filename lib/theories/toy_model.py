@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import integrate
 
-from .utils import check_batch
+from ..runtime import check_batch
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,7 @@ class ToyModel:
 
     def local_action(self, phi: torch.Tensor) -> torch.Tensor:
         """S evaluated site by site (there is one site)."""
-        phi2 = phi * phi
-        return 0.5 * self.mu2 * phi2 + self.g / 24.0 * phi2 * phi2
+        return self._s(phi)
 
     def drift(self, phi: torch.Tensor) -> torch.Tensor:
         """f(φ) = −μ²φ − g/3! φ³ (eq. 3.19)."""
@@ -64,7 +63,9 @@ class ToyModel:
 
     # ------------------------------------------------------------------ exact results
     def _s(self, x):
-        return 0.5 * self.mu2 * x * x + self.g / 24.0 * x**4
+        """μ²/2 x² + g/4! x⁴ for a float, an array or a tensor: the one place the action is written."""
+        x2 = x * x
+        return 0.5 * self.mu2 * x2 + self.g / 24.0 * x2 * x2
 
     @cached_property
     def _shift(self) -> float:
@@ -106,7 +107,7 @@ class ToyModel:
 
     def cumulants(self, n_max: int = 8) -> dict[int, float]:
         """Exact cumulants κ_1 … κ_{n_max} from the quadrature moments."""
-        from .observables import cumulants_from_moments
+        from ..analysis.observables import cumulants_from_moments
 
         m = [1.0] + [self.moment(k) for k in range(1, n_max + 1)]
         return cumulants_from_moments(np.array(m))
@@ -125,7 +126,7 @@ class ToyModel:
             return self.drift(x.reshape(-1, 1)).reshape(x.shape)
         c = self._cutoff
         y = torch.linspace(-c, c, n_grid, dtype=torch.float64, device=x.device)
-        logp = -(0.5 * self.mu2 * y**2 + self.g / 24 * y**4)
+        logp = -self._s(y)
         xf = x.reshape(-1, 1).to(torch.float64)
         logw = logp[None, :] - (xf - y[None, :]) ** 2 / (2 * sigma**2)
         w = torch.softmax(logw, dim=1)

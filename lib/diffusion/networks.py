@@ -19,14 +19,8 @@ import math
 import torch
 from torch import nn
 
-from .sde import VESDE, VPSDE
-
-
-def sde_from_dict(d: dict):
-    """Rebuild an SDE from its ``to_dict()``."""
-    d = dict(d)
-    name = d.pop("name")
-    return {"ve": VESDE, "vp": VPSDE}[name](**d)
+from ..runtime import per_sample
+from .sde import sde_from_dict
 
 
 class GaussianFourierEmbedding(nn.Module):
@@ -87,7 +81,7 @@ class ScoreModel(nn.Module):
         if self.odd:
             h = 0.5 * (h - self.raw(-x, t))
         std = self.sde.marginal_std(t.double()).to(x.dtype)
-        return h / std.reshape(-1, *([1] * (x.ndim - 1)))
+        return h / per_sample(std, x)
 
 
 class MLPScore(ScoreModel):
@@ -119,7 +113,9 @@ class MLPScore(ScoreModel):
 
 
 def _groups(c: int, pref: int) -> int:
-    g = min(pref, c)
+    """Number of GroupNorm groups: at most ``pref``, dividing c, with at least two channels per
+    group (so that a group never normalises a single value on a 1×1 bottleneck)."""
+    g = max(1, min(pref, c // 2))
     while c % g:
         g -= 1
     return g
@@ -160,7 +156,7 @@ class LatticeUNet(ScoreModel):
     kind = "unet"
 
     def __init__(self, sde, channels=(32, 64, 128, 256), strides=(1, 1, 1, 1), embed_dim: int = 256,
-                 embed_scale: float = 30.0, odd: bool = False, zero_mode_head: bool | str = False,
+                 embed_scale: float = 30.0, odd: bool = False, zero_mode_head: bool = False,
                  zero_mode_sd: float = 0.5):
         super().__init__(sde, odd)
         ch = tuple(int(c) for c in channels)
@@ -168,12 +164,12 @@ class LatticeUNet(ScoreModel):
         if len(ch) != 4 or len(st) != 4 or min(ch) < 1 or any(s not in (1, 2) for s in st):
             raise ValueError("need four positive channel numbers and four strides in {1, 2}")
         self._config = {"channels": list(ch), "strides": list(st), "embed_dim": embed_dim, "embed_scale": embed_scale}
-        if zero_mode_head not in (False, True, "preconditioned"):
+        if zero_mode_head not in (False, True):
             raise ValueError(f"zero_mode_head must be True or False, got {zero_mode_head!r}")
-        if zero_mode_head:  # recorded only when on, so configurations (and cache keys) of plain U-Nets stay as they were
-            if not zero_mode_sd > 0:
+        if zero_mode_head:  # recorded only when on: the configuration of a plain U-Net is the paper's
+            if not (math.isfinite(zero_mode_sd) and zero_mode_sd > 0):
                 raise ValueError(f"zero_mode_sd must be positive, got {zero_mode_sd}")
-            self._config.update(zero_mode_head="preconditioned", zero_mode_sd=float(zero_mode_sd))
+            self._config.update(zero_mode_head=True, zero_mode_sd=float(zero_mode_sd))
         self.zero_mode = (nn.Sequential(nn.Linear(2, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1))
                           if zero_mode_head else None)
         self.factor = math.prod(st)
@@ -240,15 +236,24 @@ class LatticeUNet(ScoreModel):
         return (f * mu - m) / std
 
 
-def build_score_model(config: dict) -> ScoreModel:
-    """Instantiate a score network from its ``config`` (as stored in checkpoints)."""
+NETWORKS = {"mlp": MLPScore, "unet": LatticeUNet}
+
+
+def build_score_model(config: dict, seed: int | None = None) -> ScoreModel:
+    """Instantiate a score network from its ``config`` (as stored in checkpoints). With ``seed``
+    the initial weights are a function of the seed alone (the global RNG is seeded inside a
+    ``fork_rng`` block and left as it was)."""
+    from ..rng import check_seed
+
+    if not isinstance(config, dict) or not isinstance(config.get("sde"), dict):
+        raise ValueError("a score-model configuration must be a dict with 'kind' and 'sde'")
     c = dict(config)
-    kind = c.pop("kind")
-    if c.get("zero_mode_head") is True:
-        raise ValueError("this checkpoint has the additive zero-mode head of an earlier development version, "
-                         "which lib no longer builds; retrain it")
-    sde = sde_from_dict(c.pop("sde"))
-    cls = {"mlp": MLPScore, "unet": LatticeUNet}.get(kind)
+    cls = NETWORKS.get(c.pop("kind", None))
     if cls is None:
-        raise ValueError(f"unknown score model kind {kind!r}")
-    return cls(sde, **c)
+        raise ValueError(f"unknown score model kind {config.get('kind')!r}; known: {', '.join(NETWORKS)}")
+    sde = sde_from_dict(c.pop("sde"))
+    if seed is None:
+        return cls(sde, **c)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(check_seed(seed))
+        return cls(sde, **c)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .utils import check_batch
+from ..runtime import check_batch
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..runtime import per_sample as _bcast
+
 
 def _as_tensor(t, like: torch.Tensor | None = None):
     if isinstance(t, torch.Tensor):
         return t
     kw = {} if like is None else {"dtype": like.dtype, "device": like.device}
     return torch.as_tensor(t, **({"dtype": torch.float64} | kw))
-
-
-def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-sample vector (batch,) — or a scalar — to broadcast against x (batch, ...)."""
-    v = v.to(dtype=x.dtype, device=x.device)
-    if v.ndim == 0:
-        return v
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 @dataclass(frozen=True)
@@ -68,13 +62,10 @@ class VESDE:
         """Forward drift f(x, t) = −½ k(t) x."""
         return -0.5 * _bcast(self.k(_as_tensor(t, x)), x) * x
 
-    def log_sigma(self) -> float:
-        return math.log(self.sigma)
-
     def Xi(self, t):
         """Noise variance Ξ(t) = T(σ^{2t/T} − 1)/(2 ln σ)."""
         t = _as_tensor(t)
-        return self.T * (self.sigma ** (2 * t / self.T) - 1) / (2 * self.log_sigma())
+        return self.T * (self.sigma ** (2 * t / self.T) - 1) / (2 * math.log(self.sigma))
 
     def f(self, t, s=0.0):
         """Decay factor f(t, s) = exp(−½∫ₛᵗ k) (= 1 for VE)."""
@@ -111,12 +102,26 @@ class VESDE:
     def reverse_drift(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
         """Drift of the reverse SDE (paper eq. 3.2/3.5) in forward time: f − g² s."""
         t = _as_tensor(t, x)
-        return self.drift(x, t) - _bcast(self.g(t) ** 2, x) * score
+        return self.drift(x, t) - _bcast(self.g(t.double()) ** 2, x) * score
+
+    def reverse_step(self, x: torch.Tensor, t, dt: float, score: torch.Tensor,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
+        r"""One Euler–Maruyama step of the reverse SDE from t to t − Δt (paper eq. 3.9):
+
+        .. math:: x' = x - \big[f(x, t) - g^2(t)\, s(x, t)\big] Δt + g(t)\sqrt{Δt}\, z,
+
+        — in the reverse time τ = T − t a Langevin step with drift g²s and kernel g² (eqs. 3.8–3.9).
+        Without ``noise`` (z) the step is the mean only (the last, denoising step)."""
+        t = _as_tensor(t, x)
+        mean = x - self.reverse_drift(x, t, score) * dt
+        if noise is None:
+            return mean
+        return mean + _bcast(self.g(t.double()) * math.sqrt(dt), x) * noise
 
     def ode_drift(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
         """Probability-flow ODE drift (paper eq. 3.14 in the α = ½ convention): f − ½ g² s."""
         t = _as_tensor(t, x)
-        return self.drift(x, t) - 0.5 * _bcast(self.g(t) ** 2, x) * score
+        return self.drift(x, t) - 0.5 * _bcast(self.g(t.double()) ** 2, x) * score
 
 
 @dataclass(frozen=True)
@@ -140,3 +145,22 @@ class VPSDE(VESDE):
 
     def Xi(self, t):
         return -torch.expm1(-self._u(t))
+
+
+SDES = {"ve": VESDE, "vp": VPSDE}
+
+
+def make_sde(kind: str = "ve", sigma: float = 25.0, T: float = 1.0):
+    """``"ve"`` (paper eq. 3.6) or ``"vp"`` with g(t) = σ^{t/T}; refused in one line otherwise."""
+    if kind not in SDES:
+        raise ValueError(f"unknown SDE {kind!r}; choose 've' or 'vp'")
+    for name, v in (("sigma", sigma), ("T", T)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v)):
+            raise ValueError(f"SDE {name} must be a finite number, got {v!r}")
+    return SDES[kind](sigma=float(sigma), T=float(T))
+
+
+def sde_from_dict(d: dict):
+    """Rebuild an SDE from its ``to_dict()``."""
+    d = dict(d)
+    return make_sde(d.pop("name"), **d)

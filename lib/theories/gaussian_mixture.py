@@ -123,7 +123,7 @@ class GaussianMixture:
 
     def cumulants(self, n_max: int = 8, sde=None, t=0.0) -> dict[int, float]:
         """Exact cumulants κ₁…κ_{n_max} of the first coordinate at time t."""
-        from .observables import cumulants_from_moments
+        from ..analysis.observables import cumulants_from_moments
 
         return cumulants_from_moments(self.moments(n_max, sde, t))
 

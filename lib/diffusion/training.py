@@ -1,0 +1,389 @@
+"""Training a score network: :class:`TrainSettings` (the training stage's settings), an
+exponential moving average of the weights, and a resumable :class:`Trainer` on the
+denoising score-matching loss of :mod:`lib.diffusion.loss` (paper eq. 3.4).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..rng import check_seed
+from ..runtime import per_sample, progress, resolve_device
+from ..settings import Settings, choice, dtype_name, positive_float, positive_int
+from ..storage.files import lib_version, load_checkpoint_file, save_checkpoint
+from .loss import dsm_loss
+from .networks import build_score_model
+
+CHECKPOINT_FORMAT = "dmsq-checkpoint-v2"
+
+
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    """Settings of the training stage (defaults: the paper's — Adam, lr 10⁻³, batch 64, 250 epochs,
+    t ~ U(10⁻⁵, T)).
+
+    ``ema_decay``: keep an EMA of the weights (sampled with); ``z2_augment``: flip the sign of each
+    training configuration with probability ½; ``normalisation``: how fields are mapped to the
+    network's range (:class:`Normaliser`); ``zero_mode_weight``: weight of the zero mode in the
+    loss (:func:`lib.diffusion.loss.dsm_loss`; 1 is eq. 3.4); ``grad_clip``: clip the gradient
+    norm; ``amp``: bf16 autocast on CUDA; ``dtype``: of the network and data.
+    """
+
+    stage = "train"
+    epochs: int = 250
+    batch_size: int = 64
+    lr: float = 1e-3
+    ema_decay: float | None = None
+    z2_augment: bool = False
+    normalisation: str = "minmax"
+    eps: float = 1e-5
+    grad_clip: float | None = None
+    zero_mode_weight: float = 1.0
+    amp: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        positive_int("epochs", self.epochs)
+        positive_int("batch_size", self.batch_size)
+        self._set("lr", positive_float("lr", self.lr))
+        if self.ema_decay is not None:
+            d = float(self.ema_decay)
+            if not 0 < d < 1:
+                raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay!r}")
+            self._set("ema_decay", d)
+        self._set("z2_augment", bool(self.z2_augment))
+        choice("normalisation", self.normalisation, Normaliser.KINDS)
+        eps = positive_float("eps", self.eps)
+        if eps >= 1:
+            raise ValueError(f"eps (the smallest training time) must lie in (0, 1), got {self.eps!r}")
+        self._set("eps", eps)
+        if self.grad_clip is not None:
+            self._set("grad_clip", positive_float("grad_clip", self.grad_clip))
+        self._set("zero_mode_weight", positive_float("zero_mode_weight", self.zero_mode_weight))
+        self._set("amp", bool(self.amp))
+        self._set("dtype", dtype_name("dtype", self.dtype))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+class NonFiniteLoss(ValueError):
+    """Training produced a NaN or infinite loss (the checkpoint keeps the last finite epoch)."""
+
+
+class EMA:
+    """Exponential moving average of parameters, θ̄ ← d_n·θ̄ + (1 − d_n)·θ, with the warm-up
+    d_n = min(d, (1 + n)/(10 + n)) after n updates, so that the random initial weights are
+    forgotten quickly (without it they keep a weight d^n, still 9 % after 2400 steps at d = 0.999)."""
+
+    def __init__(self, model, decay: float = 0.999):
+        if not 0 < decay < 1:
+            raise ValueError("EMA decay must lie in (0, 1)")
+        self.decay = decay
+        self.n_updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model):
+        d = min(self.decay, (1 + self.n_updates) / (10 + self.n_updates))
+        self.n_updates += 1
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self):
+        return self.shadow
+
+    def load_state_dict(self, d):
+        self.shadow = {k: v.clone() for k, v in d.items()}
+
+
+class Trainer:
+    """Adam on the DSM loss over a fixed training set, with per-epoch atomic checkpoints.
+
+    Parameters
+    ----------
+    model : a :class:`lib.diffusion.networks.ScoreModel` (its weights are trained in place).
+    data : tensor (n, *shape) of training configurations, already normalised (see
+        :class:`Normaliser`); must be finite.
+    settings : :class:`TrainSettings` (keyword arguments override single settings).
+    seed : seeds the batch order, diffusion times, noise and augmentation signs.
+    checkpoint : path, written atomically at the end of every epoch. If it exists when
+        :meth:`fit` starts and ``resume`` is true, training resumes from it (the data, model
+        configuration, seed and settings but ``epochs`` must match), so an interrupted run
+        continues to the same result; with ``resume=False`` it is replaced after the first epoch.
+    metadata : dict stored in the checkpoint (e.g. the training ensemble's metadata).
+    """
+
+    def __init__(self, model, data: torch.Tensor, settings: TrainSettings | None = None, *, seed: int,
+                 checkpoint=None, device=None, metadata: dict | None = None, resume: bool = True, **overrides):
+        self.settings = TrainSettings.build(settings, **overrides)
+        self.seed = check_seed(seed)
+        if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
+            raise ValueError("training data must be a tensor of shape (n >= 1, *shape)")
+        if not bool(torch.isfinite(data).all()):
+            raise ValueError("training data contain NaN or inf")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.dtype = next(model.parameters()).dtype
+        self.data = data.to(device=self.device, dtype=self.dtype)
+        self.amp = self.settings.amp and self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.lr)
+        self.ema = EMA(self.model, self.settings.ema_decay) if self.settings.ema_decay else None
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.epoch = 0
+        self.history: list[float] = []
+        self.epoch_seconds: list[float] = []
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.resume = bool(resume)
+        self.metadata = dict(metadata or {})
+
+    # legacy attribute names used by chapters
+    @property
+    def batch_size(self) -> int:
+        return self.settings.batch_size
+
+    def hyperparameters(self) -> dict:
+        """What must match to resume: the settings key without ``epochs``, the seed and n_train."""
+        key = {k: v for k, v in self.settings.key().items() if k != "epochs"}
+        return {**key, "seed": self.seed, "n_train": int(self.data.shape[0])}
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self) -> float:
+        self.model.train()
+        st = self.settings
+        n = self.data.shape[0]
+        perm = torch.randperm(n, generator=self.generator, device=self.device)
+        total, count = 0.0, 0
+        for i in range(0, n, st.batch_size):
+            x0 = self.data[perm[i:i + st.batch_size]]
+            if st.z2_augment:
+                sign = torch.randint(0, 2, (x0.shape[0],), generator=self.generator, device=self.device) * 2 - 1
+                x0 = x0 * per_sample(sign, x0)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
+                loss = dsm_loss(self.model, x0, generator=self.generator, eps=st.eps,
+                                zero_mode_weight=st.zero_mode_weight)
+            if not bool(torch.isfinite(loss)):
+                raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {self.epoch + 1} "
+                                    f"(learning rate {st.lr:g} too large, or data out of range?); "
+                                    f"the checkpoint keeps epoch {self.epoch}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if st.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), st.grad_clip)
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update(self.model)
+            total += loss.item() * x0.shape[0]
+            count += x0.shape[0]
+        return total / count
+
+    def fit(self, epochs: int | None = None, progress_bar: bool = True) -> list[float]:
+        """Train until ``epochs`` (default: the settings') epochs are done in total (resuming from
+        the checkpoint if any)."""
+        epochs = self.settings.epochs if epochs is None else positive_int("epochs", epochs)
+        if self.checkpoint is not None and self.checkpoint.exists() and self.epoch == 0 and self.resume:
+            self._resume(self.checkpoint)
+        bar = progress(total=epochs, initial=min(self.epoch, epochs), desc="training", disable=not progress_bar,
+                       unit="epoch")
+        while self.epoch < epochs:
+            t0 = time.perf_counter()
+            loss = self.train_epoch()
+            self.epoch += 1
+            self.history.append(loss)
+            self.epoch_seconds.append(time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}")
+            if self.checkpoint is not None:
+                self.save(self.checkpoint)
+        bar.close()
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Everything to resume or sample: tensors, numbers, strings, lists and dicts only."""
+        return {"format": CHECKPOINT_FORMAT, "model_config": self.model.config,
+                "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "ema_updates": self.ema.n_updates if self.ema else 0,
+                "device_type": self.device.type, "epoch": self.epoch, "history": self.history,
+                "settings": self.settings.to_dict(), "seed": self.seed,
+                "hyperparameters": self.hyperparameters(), "data_fingerprint": _fingerprint(self.data),
+                "metadata": self.metadata, "lib_version": lib_version()}
+
+    def save(self, path) -> None:
+        """The checkpoint (bit-identical for identical runs) and, beside it, the wall times per epoch."""
+        save_checkpoint(self.state_dict(), path)
+        save_epoch_seconds(path, self.epoch_seconds)
+
+    def _resume(self, path):
+        state = load_checkpoint(path)
+        if state["model_config"] != self.model.config:
+            raise ValueError(f"checkpoint {path} holds a different model configuration; not resuming")
+        if state["hyperparameters"] != self.hyperparameters():
+            raise ValueError(f"checkpoint {path} was trained with other settings ({state['hyperparameters']}); "
+                             "not resuming")
+        if state["data_fingerprint"] != _fingerprint(self.data):
+            raise ValueError(f"checkpoint {path} was trained on other data; not resuming")
+        if state["device_type"] != self.device.type:
+            raise ValueError(f"checkpoint {path} was made on {state['device_type']}; resume it there")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+            self.ema.n_updates = int(state["ema_updates"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.history = state["epoch"], list(state["history"])
+        self.epoch_seconds = list(state["epoch_seconds"])[:self.epoch]
+
+    def sampling_model(self):
+        """The model to sample with: a copy carrying the EMA weights if EMA is on."""
+        if not self.ema:
+            return self.model
+        m = copy.deepcopy(self.model)
+        m.load_state_dict(self.ema.state_dict())
+        return m
+
+
+def _fingerprint(x: torch.Tensor) -> list:
+    """Cheap identity check of a training set: shape, sum and sum of squares (float64)."""
+    xd = x.detach().double()
+    return [list(x.shape), round(float(xd.sum()), 6), round(float((xd * xd).sum()), 6)]
+
+
+_CHECKPOINT_KEYS = ("model_config", "model", "ema", "epoch", "settings", "seed", "metadata", "history",
+                    "optimizer", "generator", "device_type", "hyperparameters", "data_fingerprint")
+
+
+def _times_path(path) -> Path:
+    return Path(str(path) + ".times.json")
+
+
+def save_epoch_seconds(path, seconds: list) -> None:
+    """Wall-clock seconds per epoch, kept beside the checkpoint (``<checkpoint>.times.json``) so
+    that the checkpoint itself depends only on the data, settings and seed."""
+    import json
+
+    from ..storage.files import atomic_write
+
+    atomic_write(_times_path(path), lambda fh: fh.write(json.dumps([float(x) for x in seconds]).encode()))
+
+
+def load_checkpoint(path) -> dict:
+    """Read a trainer checkpoint safely (no code in the file can run); a one-line error for a
+    missing file, a foreign or damaged file, or a checkpoint of an earlier library version.
+    ``state["epoch_seconds"]`` comes from the times file beside it (NaN where it is missing)."""
+    state = load_checkpoint_file(path, "checkpoint")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    if state.get("format") == "dmsq-checkpoint-v1":
+        raise ValueError(f"{path} was written by lib < 0.2 (format v1), whose sampling used other random streams; "
+                         "retrain it with this version (python -m lib train ...)")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} is an incomplete checkpoint (missing {', '.join(missing)})")
+    if not isinstance(state["model_config"], dict) or not isinstance(state["metadata"], dict):
+        raise ValueError(f"{path} is a damaged checkpoint (model_config/metadata are not dicts)")
+    import json
+
+    try:
+        seconds = [float(x) for x in json.loads(_times_path(path).read_text())]
+    except (OSError, ValueError, TypeError):
+        seconds = []
+    state["epoch_seconds"] = (seconds + [math.nan] * state["epoch"])[:state["epoch"]]
+    return state
+
+
+def load_model(path, device=None, ema: bool = True):
+    """Rebuild the score model stored in a checkpoint (EMA weights when present and ``ema``).
+
+    Returns ``(model, state)``; the weights must be finite.
+    """
+    state = load_checkpoint(path)
+    model = build_score_model(state["model_config"])
+    weights = state["ema"] if (ema and state.get("ema") is not None) else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: the weights do not fit the stored model configuration "
+                         f"({str(exc).splitlines()[0][:120]})") from None
+    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.dtype.is_floating_point):
+        raise ValueError(f"{path} holds NaN or infinite weights (training diverged?); retrain it")
+    dtype = next(iter(weights.values())).dtype
+    return model.to(device=resolve_device(device), dtype=dtype).eval(), state
+
+
+class Normaliser:
+    """Affine map y = a·x + b between physical fields and the network's input range.
+
+    * ``"minmax"`` — the authors' global min–max rescaling of the whole ensemble to [−1, 1];
+      it does not commute with φ → −φ unless min = −max;
+    * ``"maxabs"`` — y = x / max|x|, symmetric, so Z₂ augmentation and odd networks stay exact;
+    * ``"none"`` — identity.
+
+    Stored in checkpoints, so generated samples are mapped back to physical fields.
+    """
+
+    KINDS = ("none", "minmax", "maxabs")
+
+    def __init__(self, kind: str = "none", lo: float = -1.0, hi: float = 1.0):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown normalisation {kind!r}; choose from {self.KINDS}")
+        if not hi > lo:
+            raise ValueError("need hi > lo")
+        self.kind, self.lo, self.hi = kind, float(lo), float(hi)
+
+    @classmethod
+    def fit(cls, data, kind: str = "minmax"):
+        """Fit to an ensemble (all sites of all configurations)."""
+        d = torch.as_tensor(data)
+        if kind == "none":
+            return cls("none")
+        if kind == "maxabs":
+            m = float(d.abs().max())
+            return cls(kind, -m, m)
+        return cls(kind, float(d.min()), float(d.max()))
+
+    @property
+    def symmetric(self) -> bool:
+        return self.kind == "none" or self.lo == -self.hi
+
+    @property
+    def a(self) -> float:
+        """Slope of y = a·x + b (network units per physical unit)."""
+        return 1.0 if self.kind == "none" else 2.0 / (self.hi - self.lo)
+
+    @property
+    def b(self) -> float:
+        """Offset of y = a·x + b."""
+        return 0.0 if self.kind == "none" else -1.0 - self.a * self.lo
+
+    def forward(self, x):
+        """Physical field → network space."""
+        if self.kind == "none":
+            return x
+        return 2 * (x - self.lo) / (self.hi - self.lo) - 1
+
+    def inverse(self, y):
+        """Network space → physical field."""
+        if self.kind == "none":
+            return y
+        return (y + 1) * (self.hi - self.lo) / 2 + self.lo
+
+    def to_dict(self):
+        return {"kind": self.kind, "lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["kind"], d["lo"], d["hi"])

@@ -1,0 +1,397 @@
+"""The diffusion-model workflow: train a score network on an ensemble, generate an ensemble
+from a checkpoint (in the same file format as HMC ensembles), and their cached versions, keyed
+by the stage settings (:class:`~lib.diffusion.training.TrainSettings`,
+:class:`~lib.diffusion.samplers.SampleSettings`).
+
+Generation draws the noise of configuration i from its own stream (seed, i)
+(:class:`lib.rng.SampleStreams`), so the batch size, resuming and the device split change
+nothing; the batch size is not part of any cache key.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..rng import SampleStreams, check_seed, default_block
+from ..runtime import progress, resolve_device
+from ..settings import positive_int
+from ..storage.cache import cache_dir as _cache_dir
+from ..storage.cache import cache_lock, cached_ensemble, move_aside, request_key
+from ..storage.ensembles import make_metadata
+from ..storage.files import content_hash, lib_version, load_checkpoint_file, save_checkpoint
+from .networks import LatticeUNet, MLPScore, build_score_model
+from .samplers import SampleSettings, prior_sample, sample
+from .sde import make_sde
+from .training import Normaliser, Trainer, TrainSettings, load_checkpoint, load_model, save_epoch_seconds
+
+STREAM_DOMAIN = "dm"
+
+
+def default_model(sde, lattice_shape, channels=(32, 64, 128, 256), strides=(1, 2, 2, 2), odd=False,
+                  hidden=(64, 64), embed_dim=None, zero_mode_head: bool = False, zero_mode_sd: float = 0.5):
+    """A U-Net for 2D lattices (optionally with a zero-mode head of scale ``zero_mode_sd``, see
+    :class:`lib.networks.LatticeUNet` and :func:`zero_mode_scale`), an MLP for flat inputs of few
+    degrees of freedom."""
+    if len(lattice_shape) == 2:
+        return LatticeUNet(sde, channels=channels, strides=strides, odd=odd, embed_dim=embed_dim or 256,
+                           zero_mode_head=zero_mode_head, zero_mode_sd=zero_mode_sd)
+    if len(lattice_shape) == 1:
+        return MLPScore(sde, dim=lattice_shape[0], hidden=hidden, odd=odd, embed_dim=embed_dim or 32)
+    raise ValueError(f"no default score network for lattice shape {lattice_shape}")
+
+
+def zero_mode_scale(configs, normalisation: str = "minmax") -> float:
+    r"""The scale s_d of the zero-mode head for a training set: the root mean square of the
+    magnetisation in the network's units, s_d = ⟨(a M + b)²⟩^{1/2} with the normalisation
+    y = a φ + b fitted to ``configs``. The head's preconditioning (see
+    :class:`lib.networks.LatticeUNet`) keeps the inputs and outputs of its MLP of order one when
+    s_d is the scale of the data's zero mode: about 0.7 in the broken phase after min–max
+    normalisation, a few hundredths in the symmetric phase, where M ≈ 0 ± √(χ₂/V)."""
+    x = torch.as_tensor(np.asarray(configs) if not isinstance(configs, torch.Tensor) else configs).double()
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"expected configurations of shape (n, *lattice), got {tuple(x.shape)}")
+    m = Normaliser.fit(x, normalisation).forward(x).mean(dim=tuple(range(1, x.ndim)))
+    return float(m.pow(2).mean().sqrt())
+
+
+def train_score_model(configs, model, settings: TrainSettings | None = None, *, seed: int, checkpoint=None,
+                      device=None, metadata: dict | None = None, progress_bar: bool = True, resume: bool = True,
+                      **overrides) -> Trainer:
+    """Normalise ``configs`` (n, *lattice) as ``settings.normalisation`` says, train ``model`` with
+    denoising score matching for ``settings.epochs`` and return the :class:`Trainer` (its
+    checkpoint, if any, holds everything needed to sample: model configuration, weights,
+    normaliser, settings, training metadata). Keyword arguments override single settings.
+    """
+    settings = TrainSettings.build(settings, **overrides)
+    x = torch.as_tensor(np.asarray(configs) if not isinstance(configs, torch.Tensor) else configs)
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"expected configurations of shape (n, *lattice), got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("the training configurations contain NaN or inf")
+    norm = Normaliser.fit(x, settings.normalisation)
+    if (settings.z2_augment or getattr(model, "odd", False)) and not norm.symmetric:
+        raise ValueError("Z2 augmentation / an odd network need a symmetric normalisation: use 'maxabs' or 'none'")
+    data = norm.forward(x.double()).to(settings.torch_dtype)
+    meta = {**(metadata or {}), "normaliser": norm.to_dict(), "lattice_shape": list(x.shape[1:])}
+    trainer = Trainer(model.to(settings.torch_dtype), data, settings, seed=seed, checkpoint=checkpoint,
+                      device=device, metadata=meta, resume=resume)
+    trainer.fit(progress_bar=progress_bar)
+    return trainer
+
+
+def check_lattice(model, state_metadata: dict, lattice_shape) -> tuple:
+    """The lattice shape to generate, checked against what the model supports."""
+    trained = tuple(state_metadata.get("lattice_shape", ()))
+    shape = tuple(int(v) for v in lattice_shape) if lattice_shape is not None else trained
+    if any(v < 1 for v in shape):
+        raise ValueError(f"lattice shape must be positive, got {shape}")
+    if not shape:
+        raise ValueError("the checkpoint does not record a lattice shape; pass one")
+    if isinstance(model, LatticeUNet):
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"this U-Net generates square 2D lattices, not {shape}")
+        if shape[0] % model.factor:
+            raise ValueError(f"L = {shape[0]} is not supported: the U-Net needs L divisible by {model.factor}")
+    elif isinstance(model, MLPScore) and shape != (model.dim,):
+        raise ValueError(f"this MLP score was trained for shape {(model.dim,)}, not {shape}")
+    return shape
+
+
+def _batches(first: int, n: int, batch_size: int, block: int):
+    """(start, size) of the batches covering samples first … first + n − 1, cut at multiples of
+    the stream block so that each batch holds whole streams."""
+    step = max(block, batch_size - batch_size % block)
+    out, i = [], first
+    while i < first + n:
+        nb = min(step, first + n - i)
+        out.append((i, nb))
+        i += nb
+    return out
+
+
+@torch.no_grad()
+def generate(model, n: int, seed: int, settings: SampleSettings | None = None, *, lattice_shape=None,
+             normaliser: dict | None = None, batch_size: int = 1024, device=None, record_times=None,
+             progress_bar: bool = True, first: int = 0, on_batch=None, **overrides):
+    """Generate configurations ``first, …, first + n − 1`` with the sampler of ``settings``
+    (:class:`SampleSettings`; keyword arguments override single settings, e.g. ``n_steps=100``),
+    in batches of ``batch_size`` on ``device``, mapped back to physical fields.
+
+    Configuration i is made from its own random stream (seed, i): the result does not depend on
+    the batch size. ``on_batch(start, configs)`` is called after every finished batch (to keep
+    it). Returns ``(configs (n, *lattice) float64 on the CPU, records)`` where records maps each
+    requested diffusion time to the (physical) batch at that time (first batch, EM only).
+    """
+    settings = SampleSettings.build(settings, **overrides)
+    seed = check_seed(seed)
+    positive_int("n", n)
+    positive_int("batch_size", batch_size)
+    if lattice_shape is None:
+        raise ValueError("generate needs the lattice shape")
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    dtype = next(model.parameters()).dtype
+    shape = tuple(lattice_shape)
+    norm = Normaliser.from_dict(normaliser) if normaliser else Normaliser("none")
+    block = default_block(math.prod(shape))
+    batches = _batches(first, n, batch_size, block)
+    out, records = [], {}
+    for b, (start, nb) in enumerate(progress(batches, desc="generating", disable=not progress_bar or len(batches) == 1)):
+        streams = SampleStreams(STREAM_DOMAIN, seed, start, nb, device, block=block)
+        x_T = prior_sample(model.sde, (nb, *shape), streams, device, dtype)
+        res = sample(model, model.sde, x_T, settings, streams, progress_bar=progress_bar and len(batches) == 1,
+                     record_times=record_times if b == 0 else None)
+        if b == 0:
+            records = {t: norm.inverse(v.double()).cpu() for t, v in res.records.items()}
+        x = norm.inverse(res.x.double()).cpu()
+        out.append(x)
+        if on_batch is not None:
+            on_batch(start, x)
+    return torch.cat(out), records
+
+
+def generate_from_checkpoint(path, n: int, seed: int, settings: SampleSettings | None = None, *,
+                             lattice_shape=None, device=None, **kw):
+    """Load a checkpoint (EMA weights if ``settings.ema``) and :func:`generate`; returns
+    ``(configs, records, state)``."""
+    settings = SampleSettings.build(settings, **{k: kw.pop(k) for k in list(kw) if k in SampleSettings.__dataclass_fields__})
+    model, state = load_model(path, device=device, ema=settings.ema)
+    meta = state.get("metadata", {})
+    shape = check_lattice(model, meta, lattice_shape)
+    configs, records = generate(model, n, seed, settings, lattice_shape=shape, normaliser=meta.get("normaliser"),
+                                device=device, **kw)
+    return configs, records, state
+
+
+@torch.no_grad()
+def effective_action(score_fn, x_grid, t, device=None, dtype=None) -> np.ndarray:
+    r"""The effective action of a one-component score, integrated along a grid (paper eqs. 3.11, 3.20):
+
+    .. math:: S_{\rm DM}(φ, t) = -\int_{φ_0}^{φ} dφ'\, s(φ', t), \qquad ∂_φ S_{\rm DM} = -s,
+
+    so that e^{−S_DM(·, t)} ∝ p_t, the density whose score is ``s`` at diffusion time t (the
+    reverse-process time of the paper is τ = T − t). ``score_fn(x, t)`` takes x of shape (n, 1)
+    and t of shape (n,) — a trained :class:`lib.networks.MLPScore` with ``dim=1`` or an exact
+    score. The integral is the cumulative trapezoidal rule on ``x_grid`` (strictly increasing;
+    error O(h²) per unit length). The additive constant is fixed so that min S_DM = 0 on the grid;
+    the paper's shift ΔS₀ is then min S. ``device``/``dtype`` default to those of the
+    network's parameters (float64 on the CPU for a plain function).
+
+    Returns a numpy array of the same length as ``x_grid``.
+    """
+    x = np.asarray(x_grid, dtype=np.float64)
+    if x.ndim != 1 or x.size < 2 or not np.all(np.diff(x) > 0):
+        raise ValueError("x_grid must be a strictly increasing 1D grid of at least two points")
+    params = list(score_fn.parameters()) if isinstance(score_fn, torch.nn.Module) else []
+    if device is None:
+        device = params[0].device if params else torch.device("cpu")
+    if dtype is None:
+        dtype = params[0].dtype if params else torch.float64
+    xt = torch.as_tensor(x, dtype=dtype, device=device).reshape(-1, 1)
+    tt = torch.full((x.size,), float(t), dtype=dtype, device=device)
+    s = score_fn(xt, tt).reshape(-1).double().cpu().numpy()
+    S = -np.concatenate([[0.0], np.cumsum(0.5 * (s[1:] + s[:-1]) * np.diff(x))])
+    return S - S.min()
+
+
+# ---------------------------------------------------------------------------- cached workflow
+def ensemble_identity(metadata: dict) -> str:
+    """A hash of an ensemble's metadata (all of it but the device it was made on): names the
+    training ensemble in a model's request."""
+    return content_hash({k: v for k, v in metadata.items() if k != "device"})
+
+
+def score_model_request(ensemble, model, settings: TrainSettings, *, n_train: int, seed: int) -> dict:
+    """The JSON request that identifies a trained score model: the training ensemble (its own
+    cache key), how many of its configurations, the network and SDE, the training settings' key
+    and the seed. Two calls with equal requests train the same model (up to the device)."""
+    return {"kind": "dm-score-model", "training_ensemble": ensemble_identity(ensemble.metadata),
+            "theory": ensemble.metadata.get("theory"), "n_train": int(n_train), "model": model.config,
+            "settings": settings.key(), "seed": int(seed), "lib_version": lib_version()}
+
+
+def cached_score_model(ensemble, model, settings: TrainSettings | None = None, *, seed: int,
+                       n_train: int | None = None, device=None, cache_dir=None, progress_bar: bool = True,
+                       verbose: bool = True, **overrides):
+    """Train a score network on the first ``n_train`` configurations of ``ensemble`` (an
+    :class:`lib.storage.Ensemble`) with ``settings`` (:class:`TrainSettings`; keyword arguments
+    override single settings), or load it if a model with exactly this request is cached.
+
+    ``model`` gives the architecture only (``model.config``); the network is initialised afresh
+    from ``seed``, which also seeds the training, so the request determines the result.
+
+    The checkpoint ``dm-<hash>.pt`` in the cache directory (``$DMSQ_CACHE``) is written after
+    every epoch, so an interrupted run resumes where it stopped; a finished checkpoint whose
+    stored request equals this one is reused, a foreign one is refused, never overwritten. A
+    cached run of the same model with fewer epochs is continued (into a new file; the shorter
+    one is kept), which gives the same weights as training from scratch.
+
+    Returns ``(sampling_model, state, path)``: the model with EMA weights if EMA is on, in eval
+    mode; the checkpoint dictionary (``state["history"]`` is the loss per epoch,
+    ``state["metadata"]`` holds the normaliser, the lattice shape and the request).
+    """
+    settings = TrainSettings.build(settings, **overrides)
+    seed = check_seed(seed)
+    n_train = len(ensemble) if n_train is None else int(n_train)
+    if not 1 <= n_train <= len(ensemble):
+        raise ValueError(f"n_train must lie between 1 and {len(ensemble)}, got {n_train}")
+    request = score_model_request(ensemble, model, settings, n_train=n_train, seed=seed)
+    path = _cache_dir(cache_dir) / f"dm-{content_hash(request)}.pt"
+    with cache_lock(path):
+        return _train_or_load(path, request, ensemble, model.config, settings, n_train, seed, device, progress_bar,
+                              verbose)
+
+
+def _without_epochs(request: dict) -> dict:
+    return {**request, "settings": {k: v for k, v in request["settings"].items() if k != "epochs"}}
+
+
+def _shorter_run(path, request, device):
+    """A finished cached model whose request differs from ``request`` only by fewer epochs (and
+    was trained on the same kind of device), or None. Training is deterministic epoch by epoch and
+    has no schedule that depends on the total, so continuing it gives the longer model exactly."""
+    want = _without_epochs(request)
+    best = None
+    for other in sorted(path.parent.glob("dm-*.pt")):
+        if other == path or other.name.startswith("dm-partial-"):
+            continue
+        try:
+            state = load_checkpoint(other)
+        except (ValueError, OSError):
+            continue
+        req = state["metadata"].get("request") or {}
+        if (isinstance(req.get("settings"), dict) and _without_epochs(req) == want
+                and req["settings"].get("epochs", 0) < request["settings"]["epochs"]
+                and state["epoch"] >= req["settings"]["epochs"]
+                and state["device_type"] == resolve_device(device).type
+                and (best is None or state["epoch"] > best[1]["epoch"])):
+            best = (other, state)
+    return best
+
+
+def _train_or_load(path, request, ensemble, model_config, settings, n_train, seed, device, progress_bar, verbose):
+    if not path.exists():
+        shorter = _shorter_run(path, request, device)
+        if shorter is not None:  # continue a shorter cached run of the same model instead of starting afresh
+            other, state = shorter
+            state["metadata"] = {**state["metadata"], "request": request, "continued_from": other.name}
+            state["settings"] = settings.to_dict()
+            seconds = state.pop("epoch_seconds")
+            save_checkpoint(state, path)
+            save_epoch_seconds(path, seconds)
+            if verbose:
+                print(f"continuing the cached {state['epoch']}-epoch model {other.name} to {settings.epochs} epochs")
+    if path.exists():
+        try:
+            state = load_checkpoint(path)
+        except ValueError as exc:
+            move_aside(path, str(exc).split(" ", 1)[-1])
+            state = None
+        if state is not None:
+            if state["metadata"].get("request") != request:
+                raise ValueError(f"cache file {path} holds a different model; it was not overwritten — "
+                                 "remove it by hand")
+            if state["epoch"] >= settings.epochs:
+                if verbose:
+                    print(f"loaded cached score model {path} ({state['epoch']} epochs)")
+                model, state = load_model(path, device=device, ema=True)
+                return model, state, path
+            if verbose:
+                print(f"resuming {path} at epoch {state['epoch']} of {settings.epochs}")
+    meta = {"request": request, "training_ensemble": ensemble.metadata}
+    model = build_score_model(model_config, seed=seed)
+    trainer = train_score_model(ensemble.configs[:n_train], model, settings, seed=seed, checkpoint=path,
+                                device=device, metadata=meta, progress_bar=progress_bar)
+    if verbose:
+        print(f"trained score model {path} ({settings.epochs} epochs, {sum(trainer.epoch_seconds):.0f} s)")
+    model, state = load_model(path, device=device, ema=True)
+    return model, state, path
+
+
+def dm_request(state: dict, n: int, seed: int, settings: SampleSettings, shape) -> dict:
+    """The cache request of a generated ensemble: the model's request, the sampling settings'
+    key, the lattice, the size and the seed (not the batch size, not the device)."""
+    meta_in = state["metadata"]
+    theory = dict(meta_in.get("training_ensemble", {}).get("theory") or {"name": "field"})
+    if "L" in theory:
+        theory["L"] = int(shape[0])
+    model_request = meta_in.get("request") or {"checkpoint_epoch": state["epoch"], "settings": state["settings"],
+                                               "seed": state["seed"], "model": state["model_config"]}
+    request = make_metadata(theory, "dm", settings, seed, n_configs=int(n), model=content_hash(model_request),
+                            lattice_shape=list(shape))
+    request["settings"] = settings.key()
+    return request, model_request
+
+
+def cached_dm_ensemble(checkpoint, n: int, seed: int, settings: SampleSettings | None = None, *, lattice_shape=None,
+                       batch_size: int = 1024, device=None, cache_dir=None, progress_bar: bool = True,
+                       verbose: bool = True, **overrides):
+    """Generate ``n`` configurations from a checkpoint (:func:`generate`), or load them if an
+    ensemble with exactly this request was generated before from the same model.
+
+    The ensemble's metadata names the sampler ``"dm"``, the theory the model was trained on
+    (with L replaced when generating another lattice size), the model's request and the
+    sampling settings. Finished batches are kept next to the cache file, so an interrupted run
+    resumes where it stopped, whatever the batch size. Returns an :class:`lib.storage.Ensemble`.
+    """
+    settings = SampleSettings.build(settings, **overrides)
+    seed = check_seed(seed)
+    positive_int("n", n)
+    model, state = load_model(checkpoint, device=device, ema=settings.ema)
+    shape = check_lattice(model, state["metadata"], lattice_shape)
+    request, model_request = dm_request(state, n, seed, settings, shape)
+    cache = _cache_dir(cache_dir)
+    partial = cache / f"dm-partial-{request_key(request)}.pt"
+
+    def make():
+        done = _load_partial(partial, request)
+        count = sum(len(x) for x in done)
+
+        def keep(start, x):
+            done.append(x)
+            save_checkpoint({"request": request, "configs": done}, partial)
+
+        if count < n:
+            generate(model, n - count, seed, settings, lattice_shape=shape, normaliser=state["metadata"].get("normaliser"),
+                     batch_size=batch_size, device=device, progress_bar=progress_bar, first=count, on_batch=keep)
+        configs = torch.cat(done)[:n]
+        return configs, {"model_request": model_request, "device": str(resolve_device(device))}
+
+    ens = cached_ensemble(request, make, cache_dir=cache, verbose=verbose)
+    if partial.exists():
+        partial.unlink()
+    return ens
+
+
+def _load_partial(partial: Path, request: dict) -> list:
+    """The batches generated so far for ``request`` (a damaged or foreign file is moved aside)."""
+    if not partial.exists():
+        return []
+    try:
+        saved = load_checkpoint_file(partial, "partial ensemble")
+        ok = (isinstance(saved, dict) and saved.get("request") == request and isinstance(saved.get("configs"), list)
+              and all(isinstance(x, torch.Tensor) and bool(torch.isfinite(x).all()) for x in saved["configs"]))
+    except ValueError as exc:
+        ok, saved = False, str(exc)
+    if not ok:
+        move_aside(partial, "not a partial ensemble of this request")
+        return []
+    return list(saved["configs"])
+
+
+@torch.no_grad()
+def tweedie_denoise(model, x_t: torch.Tensor, t) -> torch.Tensor:
+    r"""The posterior mean of the clean field given a noisy one (Tweedie's formula), from the score:
+
+    .. math:: \mathbb E[φ_0 \mid φ_t] = \frac{φ_t + Ξ(t)\, s_θ(φ_t, t)}{f(t, 0)}
+
+    (VE: f = 1). With the exact score this is exact; applied to a trained model it shows, mode by
+    mode, what the model has learned to denoise at time t. ``x_t`` is in the network's units.
+    """
+    sde = model.sde
+    tt = torch.as_tensor(t, dtype=torch.float64)  # a scalar time
+    s = model(x_t, torch.full((x_t.shape[0],), float(tt), dtype=x_t.dtype, device=x_t.device))
+    return (x_t + float(sde.Xi(tt)) * s) / float(sde.f(tt))

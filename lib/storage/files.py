@@ -1,0 +1,105 @@
+"""Writing and reading files safely.
+
+* Writes are atomic: a temporary file in the target directory is renamed into place, so an
+  interrupted write never leaves a truncated file. Files are created with mode 0600 whatever the
+  umask. With ``overwrite=False`` the rename is refused if the target appeared meanwhile (two
+  runs writing the same output): one of them fails, none is silently lost.
+* Checkpoints hold only tensors, numbers, strings, lists and dicts, and are read with
+  ``torch.load(..., weights_only=True)``: a file whose pickle would run code is refused before
+  anything in it executes.
+* :func:`content_hash` is the one hash that names cache entries; :func:`lib_version` the one
+  version string written into files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def lib_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def content_hash(obj) -> str:
+    """16 hex digits of the SHA-256 of the canonical JSON of ``obj`` (names cache files)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_writable(path, suffix: str | None = None, overwrite: bool = False) -> Path:
+    """Refuse, before any computation, an output path that cannot be written: a wrong suffix, a
+    missing or unwritable directory, a directory in its place, or an existing file without
+    ``overwrite``. Returns the path."""
+    path = Path(path)
+    if suffix is not None and path.suffix != suffix:
+        raise ValueError(f"output must be a {suffix} file, got {path}")
+    if path.is_dir():
+        raise ValueError(f"output {path} is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"directory {parent} is not writable")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")
+    return path
+
+
+def atomic_write(path, write_fn, overwrite: bool = True) -> Path:
+    """Write ``path`` through ``write_fn(filehandle)`` atomically, mode 0600.
+
+    With ``overwrite=False`` the final step is a hard link, which fails if ``path`` exists, so of
+    two concurrent writers exactly one succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            write_fn(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path} was created by another process meanwhile; nothing was overwritten") \
+                    from None
+            os.unlink(tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_checkpoint(obj, path, overwrite: bool = True) -> Path:
+    """``torch.save`` atomically; ``obj`` must hold only tensors, numbers, strings, lists, dicts."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh), overwrite=overwrite)
+
+
+def load_checkpoint_file(path, what: str = "checkpoint") -> dict:
+    """Read a file written by :func:`save_checkpoint` with ``weights_only=True``: no code in the
+    file can run. Any failure is a one-line ``ValueError`` (``FileNotFoundError`` if missing)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such {what}: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a {what}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for a foreign or malicious pickle, EOFError, zip errors, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ValueError(f"{path} is not a valid {what} (refused by the safe loader: {first})") from None
+    return obj
+
+
+__all__ = ["lib_version", "content_hash", "check_writable", "atomic_write", "save_checkpoint",
+           "load_checkpoint_file"]

@@ -1,0 +1,37 @@
+"""Theories: the target distributions p(φ) ∝ e^{−S(φ)} that the samplers and diffusion models learn.
+
+* :class:`ToyModel` — the 0D model of eq. (3.19), exact by quadrature;
+* :class:`Phi4` — lattice φ⁴ in d dimensions (eqs. 4.2–4.4); at λ = 0 the free field, with its
+  exact propagator;
+* :class:`GaussianMixture` — mixtures whose diffused densities and scores are exact.
+
+Every theory a Markov chain runs on satisfies the :class:`Theory` protocol.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .gaussian_mixture import GaussianMixture
+from .phi4 import Phi4
+from .toy_model import ToyModel
+
+
+@runtime_checkable
+class Theory(Protocol):
+    """What the samplers need of a theory: a batched action S (shape ``(batch,)``) and drift
+    K = −∂S/∂φ (shape of φ) on configurations ``(batch, *lattice_shape)``, and a JSON description."""
+
+    name: str
+    lattice_shape: tuple
+    volume: int
+
+    def action(self, phi: torch.Tensor) -> torch.Tensor: ...
+
+    def drift(self, phi: torch.Tensor) -> torch.Tensor: ...
+
+    def to_dict(self) -> dict: ...
+
+
+__all__ = ["Theory", "ToyModel", "Phi4", "GaussianMixture"]
