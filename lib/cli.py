@@ -22,6 +22,15 @@ from pathlib import Path
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        # values such as -1e-3, -inf or -5,4 are values, not flags (argparse alone knows only -1 and -.5),
+        # so that "--lr -1e-3" is refused for its value, not with "expected one argument"
+        import re
+
+        self._negative_number_matcher = re.compile(r"^-(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?(,[-\d.eE+]*)*$"
+                                                   r"|^-(inf|infinity|nan)$", re.IGNORECASE)
+
     def error(self, message):  # one line, exit status 2
         raise CLIError(f"{self.prog}: {message}", status=2)
 
@@ -141,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=_positive_int, default=500, help="time steps of em and pc (paper: 500)")
     g.add_argument("--rtol", type=_finite, default=1e-5, help="relative tolerance of the ode sampler")
     g.add_argument("--atol", type=_finite, default=1e-5, help="absolute tolerance of the ode sampler")
+    g.add_argument("--churn", type=_finite, default=10.0,
+                   help="noise added per step by the churn sampler (EDM's S_churn; default 10)")
+    g.add_argument("--rho", type=_finite, default=7.0, help="noise-level grid of heun, churn, ddim, dpm2 (EDM: 7)")
+    g.add_argument("--sigma-max", type=_finite, default=None,
+                   help="cap on the first noise level of heun, churn, ddim, dpm2 (use e.g. 80 for VP models)")
     g.add_argument("--eps", type=_finite, default=1e-3, help="last diffusion time (paper: 1e-3)")
     g.add_argument("--batch-size", type=_positive_int, default=1024)
     g.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
@@ -150,14 +164,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _ints(s: str, name: str, n: int | None = None) -> tuple:
+def _ints(s: str, name: str, n: int | None = None, allowed=None) -> tuple:
+    """Comma-separated positive integers (from ``allowed`` if given), ``n`` of them if given."""
     try:
         v = tuple(int(x) for x in s.split(","))
     except ValueError:
-        raise CLIError(f"--{name} must be comma-separated integers, got {s!r}") from None
+        raise CLIError(f"--{name} must be comma-separated integers, got {s!r}", status=2) from None
     if n is not None and len(v) != n:
-        raise CLIError(f"--{name} needs {n} numbers, got {len(v)}")
+        raise CLIError(f"--{name} needs {n} numbers, got {len(v)} ({s!r})", status=2)
+    if min(v) < 1:
+        raise CLIError(f"--{name} must be positive integers, got {s!r}", status=2)
+    if allowed is not None and any(x not in allowed for x in v):
+        raise CLIError(f"--{name} must be numbers in {{{', '.join(map(str, allowed))}}}, got {s!r}", status=2)
     return v
+
+
+def _check_model_memory(model, what: str, copies: int = 1, hint: str = "use fewer channels") -> None:
+    """Refuse, before allocating it, a network whose parameters (built on the ``meta`` device,
+    which allocates nothing) would not fit in this machine's memory ``copies`` times over
+    (training keeps weights, gradients and two Adam moments, and maybe EMA weights)."""
+    from .mcmc.hmc import _memory_limit
+
+    n = sum(p.numel() for p in model.parameters())
+    need = n * 4 * copies
+    if need > _memory_limit():
+        raise CLIError(f"{what}: the network has {n:.3g} parameters and needs about {need / 2**30:.0f} GiB, more "
+                       f"than this machine has; {hint}")
+
+
+def _meta_model(build, what: str):
+    """``build()`` on the ``meta`` device (no memory is allocated); a bad configuration is one line."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build()
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise CLIError(f"{what}: {_one_line(exc)}") from None
+
+
+def _check_checkpoint_model(path, ema: bool) -> None:
+    """Before :func:`lib.diffusion.load_model` builds the network of a checkpoint: its stored
+    configuration must describe a network of a sane size whose parameters have the shapes of
+    the stored weights (a damaged or forged configuration could otherwise ask for any memory)."""
+    from .diffusion.networks import build_score_model
+    from .diffusion.training import load_checkpoint
+
+    state = load_checkpoint(path)
+    model = _meta_model(lambda: build_score_model(state["model_config"]), f"{path} is a damaged checkpoint")
+    weights = state["ema"] if (ema and state.get("ema") is not None) else state["model"]
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = ({k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} if isinstance(weights, dict) else None)
+    if have != want:
+        raise CLIError(f"{path} is a damaged checkpoint: its weights do not fit its model configuration; "
+                       "retrain it (python -m lib train ...)")
+    _check_model_memory(model, f"checkpoint {path}", hint="sample on a larger machine")
 
 
 def _device(name: str):
@@ -214,29 +275,37 @@ def cmd_train(a) -> int:
 
     # everything is validated before anything is written or deleted
     _check_out(a.out, ".pt", a.force, a.resume)
-    if a.resume and not a.out.exists():
-        raise CLIError(f"--resume: {a.out} does not exist")
     if a.resume and a.force:
-        raise CLIError("--resume and --force exclude each other")
+        raise CLIError("--resume and --force exclude each other", status=2)
+    if a.resume and not a.out.exists():
+        raise CLIError(f"--resume: {a.out} does not exist (drop --resume to start a new run)")
     seed = check_seed(a.seed)
-    ens = _load_ensemble(a.ensemble)
-    if a.n_train and a.n_train > len(ens):
-        raise CLIError(f"--n-train {a.n_train} exceeds the {len(ens)} configurations in {a.ensemble}")
-    configs = ens.configs[: a.n_train] if a.n_train else ens.configs
+    channels = _ints(a.channels, "channels", 4)
+    strides = _ints(a.strides, "strides", 4, allowed=(1, 2))
+    hidden = _ints(a.hidden, "hidden")
+    if not a.sigma > 1:
+        raise CLIError(f"--sigma must be > 1, got {a.sigma}", status=2)
+    if a.zero_mode_sd is not None and not a.zero_mode_sd > 0:
+        raise CLIError(f"--zero-mode-sd must be positive, got {a.zero_mode_sd}", status=2)
     settings = _build(TrainSettings, {"lr": "--lr", "ema_decay": "--ema", "grad_clip": "--grad-clip",
                                       "zero_mode_weight": "--zero-mode-weight"},
                       epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema, z2_augment=a.z2_augment,
                       normalisation=a.normalise, grad_clip=a.grad_clip, zero_mode_weight=a.zero_mode_weight,
                       amp=a.amp)
     device = _device(a.device)
+    ens = _load_ensemble(a.ensemble)
+    if a.n_train and a.n_train > len(ens):
+        raise CLIError(f"--n-train {a.n_train} exceeds the {len(ens)} configurations in {a.ensemble}", status=2)
+    configs = ens.configs[: a.n_train] if a.n_train else ens.configs
     sde = make_sde(a.sde, a.sigma)
-    if not a.sigma > 1:
-        raise CLIError(f"--sigma must be > 1, got {a.sigma}")
     zm_sd = (a.zero_mode_sd if a.zero_mode_sd is not None
              else zero_mode_scale(configs, a.normalise) if a.zero_mode_head else 0.5)
-    model = default_model(sde, configs.shape[1:], channels=_ints(a.channels, "channels", 4),
-                          strides=_ints(a.strides, "strides", 4), odd=a.odd, hidden=_ints(a.hidden, "hidden"),
-                          zero_mode_head=a.zero_mode_head, zero_mode_sd=zm_sd)
+    # the architecture is checked on the meta device (nothing allocated), then built for real
+    model = _meta_model(lambda: default_model(sde, configs.shape[1:], channels=channels, strides=strides, odd=a.odd,
+                                              hidden=hidden, zero_mode_head=a.zero_mode_head, zero_mode_sd=zm_sd),
+                        "bad network")
+    _check_model_memory(model, f"--channels {a.channels}" if len(configs.shape[1:]) == 2 else f"--hidden {a.hidden}",
+                        copies=5)
     check_lattice(model, {"lattice_shape": list(configs.shape[1:])}, None)
     model = build_score_model(model.config, seed=seed)  # the initial weights are a function of the seed
     with torch.no_grad():  # a forward pass on two configurations catches an unusable network before training
@@ -262,9 +331,12 @@ def cmd_sample(a) -> int:
 
     _check_out(a.out, ".npz", a.force)
     seed = check_seed(a.seed)
-    settings = _build(SampleSettings, {"n_steps": "--steps", "eps": "--eps", "rtol": "--rtol", "atol": "--atol"},
-                      sampler=a.sampler, n_steps=a.steps, eps=a.eps, ema=not a.no_ema, rtol=a.rtol, atol=a.atol)
+    settings = _build(SampleSettings, {"n_steps": "--steps", "eps": "--eps", "rtol": "--rtol", "atol": "--atol",
+                                       "churn": "--churn", "rho": "--rho", "sigma_max": "--sigma-max"},
+                      sampler=a.sampler, n_steps=a.steps, eps=a.eps, ema=not a.no_ema, rtol=a.rtol, atol=a.atol,
+                      rho=a.rho, sigma_max=a.sigma_max, churn=a.churn if a.sampler == "churn" else 0.0)
     device = _device(a.device)
+    _check_checkpoint_model(a.checkpoint, settings.ema)
     model, state = load_model(a.checkpoint, device=device, ema=settings.ema)
     meta_ck = state["metadata"]
     trained_shape = tuple(meta_ck.get("lattice_shape", ()))
@@ -311,6 +383,23 @@ def _check_memory(n: int, shape, batch_size: int, itemsize: int = 8) -> None:
                        "machine has; ask for fewer")
 
 
+def _check_checkpoint_dir(path) -> None:
+    """``--checkpoint-dir`` must be a writable directory or creatable in one (checked before computing)."""
+    import os
+
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--checkpoint-dir {path} exists and is not a directory; pick a directory")
+    where = path.absolute()
+    while not where.exists():  # the directory is created with its parents: the first existing one must be writable
+        where = where.parent
+    if not where.is_dir():
+        raise CLIError(f"--checkpoint-dir {path}: {where} is not a directory")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise CLIError(f"--checkpoint-dir {path}: directory {where} is not writable")
+
+
 def cmd_hmc(a) -> int:
     import warnings
 
@@ -322,12 +411,13 @@ def cmd_hmc(a) -> int:
     _check_out(a.out, ".npz", a.force)
     seed = check_seed(a.seed)
     if a.n_configs % a.per_chain:
-        raise CLIError(f"--n-configs {a.n_configs} is not a multiple of --per-chain {a.per_chain}")
+        raise CLIError(f"--n-configs {a.n_configs} is not a multiple of --per-chain {a.per_chain}", status=2)
     settings = _build(HMCSettings, {"eps": "--eps", "n_steps": "--n-steps"}, eps=a.eps, n_steps=a.n_steps,
                       n_burnin=a.n_burnin, n_spacing=a.n_spacing, n_per_chain=a.per_chain, start=a.start,
                       dtype=a.dtype)
     if a.d > 4:
-        raise CLIError(f"--d {a.d}: lattices of more than 4 dimensions are not supported")
+        raise CLIError(f"--d {a.d}: lattices of more than 4 dimensions are not supported", status=2)
+    _check_checkpoint_dir(a.checkpoint_dir)
     theory = Phi4(L=a.L, kappa=a.kappa, lam=a.lam, d=a.d)
     device = _device(a.device)
     with warnings.catch_warnings(record=True) as caught:
@@ -350,7 +440,8 @@ def cmd_observables(a) -> int:
     if len(ens) < 2:
         raise CLIError(f"{a.file} holds {len(ens)} configuration(s); need at least 2 for errors")
     if a.n_blocks is not None and not 2 <= a.n_blocks <= len(ens):
-        raise CLIError(f"--n-blocks must lie between 2 and {len(ens)}")
+        raise CLIError(f"--n-blocks must lie between 2 and {len(ens)}, the number of configurations in {a.file}",
+                       status=2)
     s = summary(ens.configs, n_blocks=a.n_blocks)
     th = ens.metadata.get("theory", {})
     th = th if isinstance(th, dict) else {}

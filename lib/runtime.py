@@ -33,13 +33,6 @@ def resolve_device(device=None) -> torch.device:
     return dev
 
 
-def make_generator(seed: int, device=None) -> torch.Generator:
-    """A torch.Generator on ``device`` seeded with ``seed`` (no global RNG state is touched)."""
-    from .rng import generator
-
-    return generator(seed, device)
-
-
 def progress(iterable=None, total=None, desc=None, disable=False, **kw):
     """``tqdm.auto`` progress bar (a notebook widget in Jupyter, text elsewhere)."""
     from tqdm.auto import tqdm

@@ -14,7 +14,7 @@ from lib.diffusion import (cached_dm_ensemble, cached_score_model, default_model
                            make_sde)
 from lib.storage import Ensemble, make_metadata
 from lib.diffusion.networks import build_score_model
-from lib.diffusion import dsm_loss, load_checkpoint
+from lib.diffusion import dsm_loss
 
 from helpers import assert_stat
 

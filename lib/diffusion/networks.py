@@ -113,12 +113,25 @@ class MLPScore(ScoreModel):
 
 
 def _groups(c: int, pref: int) -> int:
-    """Number of GroupNorm groups: at most ``pref``, dividing c, with at least two channels per
-    group (so that a group never normalises a single value on a 1×1 bottleneck)."""
-    g = max(1, min(pref, c // 2))
+    g = min(pref, c)
     while c % g:
         g -= 1
     return g
+
+
+class _GroupNorm(nn.GroupNorm):
+    """GroupNorm that also takes a batch of one when a group holds a single value (one channel per
+    group on a 1×1 bottleneck, as in small U-Nets at small L): the normalised value is then 0 and
+    the output is the affine bias — what ``nn.GroupNorm`` computes for larger batches, where for
+    a batch of one it raises instead."""
+
+    def forward(self, x):
+        if (x.shape[1] // self.num_groups) * math.prod(x.shape[2:]) == 1:
+            out = torch.zeros_like(x)
+            if self.affine:
+                out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+            return out
+        return super().forward(x)
 
 
 class LatticeUNet(ScoreModel):
@@ -188,13 +201,13 @@ class LatticeUNet(ScoreModel):
         cin = (1,) + ch[:3]
         self.convs = nn.ModuleList([down(cin[i], ch[i], st[i]) for i in range(4)])
         self.dense = nn.ModuleList([nn.Linear(embed_dim, ch[i]) for i in range(4)])
-        self.norms = nn.ModuleList([nn.GroupNorm(_groups(ch[0], 4), ch[0])] +
-                                   [nn.GroupNorm(_groups(ch[i], 32), ch[i]) for i in range(1, 4)])
+        self.norms = nn.ModuleList([_GroupNorm(_groups(ch[0], 4), ch[0])] +
+                                   [_GroupNorm(_groups(ch[i], 32), ch[i]) for i in range(1, 4)])
         # decoder: tconv4: c4 -> c3 ; tconv3: 2c3 -> c2 ; tconv2: 2c2 -> c1 ; tconv1: 2c1 -> 1
         self.tconvs = nn.ModuleList([up(ch[3], ch[2], st[3]), up(2 * ch[2], ch[1], st[2]),
                                      up(2 * ch[1], ch[0], st[1])])
         self.tdense = nn.ModuleList([nn.Linear(embed_dim, c) for c in (ch[2], ch[1], ch[0])])
-        self.tnorms = nn.ModuleList([nn.GroupNorm(_groups(c, 32), c) for c in (ch[2], ch[1], ch[0])])
+        self.tnorms = nn.ModuleList([_GroupNorm(_groups(c, 32), c) for c in (ch[2], ch[1], ch[0])])
         if st[0] == 2:
             self.final = nn.ConvTranspose2d(2 * ch[0], 1, 2, stride=2)
         else:

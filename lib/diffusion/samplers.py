@@ -2,7 +2,10 @@ r"""Generating with a diffusion model: samplers of the reverse process, in a reg
 
 * ``"em"`` — Euler–Maruyama on the reverse SDE (paper eqs. 3.2, 3.5, 3.9), the paper's sampler;
 * ``"pc"`` — predictor–corrector (Song et al. 2021): EM steps followed by Langevin corrector steps;
-* ``"ode"`` — the probability-flow ODE (eq. 3.14), integrated adaptively with torchdiffeq.
+* ``"ode"`` — the probability-flow ODE (eq. 3.14), integrated adaptively with torchdiffeq;
+* few-step samplers on EDM's noise levels (Karras et al. 2022): ``"heun"`` (second order,
+  deterministic), ``"churn"`` (its stochastic counterpart), ``"ddim"`` and ``"dpm2"`` (exponential
+  integrators of first and second order, Lu et al. 2022).
 
 Every sampler shares one reverse step (:meth:`lib.diffusion.sde.VESDE.reverse_step`), takes a
 score ``score_fn(x, t) -> ∇ log p_t(x)`` (a trained network or an exact score such as
@@ -14,13 +17,14 @@ SampleResult``; the command line takes its choices from it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from ..rng import normal
 from ..runtime import per_sample, progress
-from ..settings import Settings, choice, positive_float, positive_int
+from ..settings import Settings, choice, positive_float, positive_int, setting
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,11 @@ class SampleSettings(Settings):
     to ε = 10⁻³, EMA weights when the model has them).
 
     ``snr``, ``n_corrector``: the predictor–corrector's Langevin steps; ``rtol``, ``atol``,
-    ``method``: the ODE solver (the authors: RK45 with 10⁻⁵).
+    ``method``: the ODE solver (the authors: RK45 with 10⁻⁵); ``rho``: the noise-level grid of
+    the few-step samplers (Karras et al.: 7); ``churn``, ``s_noise``: the noise injected per step
+    by the ``churn`` sampler (EDM's S_churn, S_noise). For the few-step samplers ``n_steps`` is
+    the number of noise levels, so they make ``n_steps − 1`` steps; ``sigma_max`` caps their first
+    noise level (needed for VP, see :func:`noise_levels`).
     """
 
     stage = "sample"
@@ -42,6 +50,10 @@ class SampleSettings(Settings):
     rtol: float = 1e-5
     atol: float = 1e-5
     method: str = "dopri5"
+    rho: float = setting(7.0, omit_at_default=True)
+    churn: float = setting(0.0, omit_at_default=True)
+    s_noise: float = setting(1.0, omit_at_default=True)
+    sigma_max: float | None = setting(None, omit_at_default=True)
 
     def __post_init__(self):
         choice("sampler", self.sampler, tuple(SAMPLERS))
@@ -57,6 +69,16 @@ class SampleSettings(Settings):
         positive_int("n_corrector", self.n_corrector)
         self._set("rtol", positive_float("rtol", self.rtol))
         self._set("atol", positive_float("atol", self.atol))
+        self._set("rho", positive_float("rho", self.rho))
+        churn = float(self.churn)
+        if not (math.isfinite(churn) and churn >= 0):
+            raise ValueError(f"churn must be a non-negative number, got {self.churn!r}")
+        if self.sampler == "churn" and churn == 0:
+            raise ValueError("the churn sampler needs churn > 0 (EDM's S_churn, e.g. 10)")
+        self._set("churn", churn)
+        self._set("s_noise", positive_float("s_noise", self.s_noise))
+        if self.sigma_max is not None:
+            self._set("sigma_max", positive_float("sigma_max", self.sigma_max))
 
 
 @dataclass
@@ -235,6 +257,119 @@ def probability_flow(score_fn, sde, x: torch.Tensor, t_start: float, t_end: floa
     return ys[-1], {float(t): ys[i] for i, t in enumerate(ts.tolist())}
 
 
+# ---------------------------------------------------------------------------------- few-step samplers
+# The probability-flow ODE (eq. 3.14) written in the scaled field x̃ = x/f(t,0) and the noise level
+# σ̃(t) = √Ξ(t)/f(t,0) (Karras et al. 2022, "EDM") is
+#
+#     dx̃/dσ̃ = (x̃ − D(x̃; σ̃))/σ̃,     D(x̃; σ̃) = x̃ + σ̃² f s(f x̃, t(σ̃)) = E[x₀ | x_t]  (Tweedie),
+#
+# for VE and VP alike. Its solution is nearly a straight line in σ̃, which is why few steps on a grid
+# dense at small σ̃ suffice. Every sampler below ends at σ̃(ε), the distribution p_ε that the
+# Euler–Maruyama sampler targets, so their outputs are comparable.
+def noise_levels(sde, n: int, eps: float, rho: float = 7.0, sigma_max: float | None = None) -> torch.Tensor:
+    r"""n noise levels from σ̃_max = min(σ̃(T), ``sigma_max``) down to σ̃(ε) (float64), EDM's grid
+    σ̃_i = (σ̃_max^{1/ρ} + \tfrac{i}{n-1}(σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ.
+
+    A cap matters for VP: with the paper's g = 25^t, σ̃(T) = e^{48}, and an uncapped grid spends
+    almost every level where nothing happens (EDM caps at 80)."""
+    if n < 2:
+        raise ValueError("need at least two noise levels")
+    hi, lo = float(sde.noise_level(sde.T)), float(sde.noise_level(eps))
+    if sigma_max is not None:
+        if not lo < sigma_max:
+            raise ValueError(f"the cap sigma_max (--sigma-max) = {sigma_max} must exceed the last noise level σ̃(ε) = {lo:.3g}")
+        hi = min(hi, float(sigma_max))
+    i = torch.arange(n, dtype=torch.float64) / (n - 1)
+    return (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+
+
+def denoiser(score_fn, sde):
+    """D(x̃; σ̃) = x̃ + σ̃² f s(f x̃, t(σ̃)): the posterior mean of the clean field from the score."""
+
+    def D(xs: torch.Tensor, level: float) -> torch.Tensor:
+        t = sde.time_of_noise_level(torch.tensor(level, dtype=torch.float64))
+        f = float(sde.f(t))
+        return xs + (level * level * f) * score_fn(f * xs, _bt(float(t), xs))
+
+    return D
+
+
+def _scaled_prior(sde, shape, noise, device, dtype, x_init, level: float):
+    """x̃ at the first noise level: the prior sample, rescaled to N(0, σ̃²) (the prior neglects the
+    data's own variance, as p_T does)."""
+    x = prior_sample(sde, shape, noise, device, dtype) if x_init is None else x_init.clone()
+    return x * (level / sde.prior_std())
+
+
+@torch.no_grad()
+def heun(score_fn, sde, shape, n_steps: int = 18, eps: float = 1e-3, rho: float = 7.0, churn: float = 0.0,
+         s_noise: float = 1.0, generator=None, device=None, dtype=torch.float32, x_init: torch.Tensor | None = None,
+         progress_bar: bool = False, sigma_max: float | None = None) -> SampleResult:
+    r"""Heun's second-order method on the probability-flow ODE in (x̃, σ̃) (Karras et al. 2022, Alg. 1/2):
+
+    .. math:: d_i = \frac{x̃_i - D(x̃_i; σ̃_i)}{σ̃_i},\quad x̃' = x̃_i + (σ̃_{i+1} - σ̃_i) d_i,\quad
+              x̃_{i+1} = x̃_i + (σ̃_{i+1} - σ̃_i)\,\tfrac12\big(d_i + d(x̃', σ̃_{i+1})\big),
+
+    2 network evaluations per step, global error O(h²). With ``churn`` > 0 (stochastic, Alg. 2) each
+    step first raises the noise level to σ̂ = σ̃_i(1 + γ), γ = min(churn/(n − 1), √2 − 1), by adding
+    fresh noise of variance σ̂² − σ̃_i² (times ``s_noise``²) — a Langevin-like correction that
+    forgets earlier errors; no churn where σ̂ would exceed σ̃(T).
+    """
+    levels = noise_levels(sde, n_steps, eps, rho, sigma_max).tolist()
+    D = denoiser(_Counted(score_fn), sde)
+    xs = _scaled_prior(sde, shape, generator, device, dtype, x_init, levels[0])
+    gamma = min(churn / (n_steps - 1), math.sqrt(2) - 1) if churn > 0 else 0.0
+    for i in progress(range(n_steps - 1), desc="Heun", disable=not progress_bar):
+        lo, nxt = levels[i], levels[i + 1]
+        if gamma > 0 and lo * (1 + gamma) <= levels[0]:
+            hat = lo * (1 + gamma)
+            xs = xs + (s_noise * math.sqrt(hat * hat - lo * lo)) * normal(generator, xs.shape, device=xs.device,
+                                                                            dtype=xs.dtype)
+            lo = hat
+        d = (xs - D(xs, lo)) / lo
+        pred = xs + (nxt - lo) * d
+        d2 = (pred - D(pred, nxt)) / nxt
+        xs = xs + (nxt - lo) * 0.5 * (d + d2)
+    return SampleResult(float(sde.f(eps)) * xs, _nfe(D))
+
+
+@torch.no_grad()
+def exponential_integrator(score_fn, sde, shape, n_steps: int = 18, eps: float = 1e-3, rho: float = 7.0,
+                           order: int = 2, generator=None, device=None, dtype=torch.float32,
+                           x_init: torch.Tensor | None = None, progress_bar: bool = False,
+                           sigma_max: float | None = None) -> SampleResult:
+    r"""Exponential integrators of the probability-flow ODE in (x̃, σ̃) (DDIM, Song et al. 2021; DPM-Solver,
+    Lu et al. 2022). With D held fixed over a step, dx̃/dσ̃ = (x̃ − D)/σ̃ is solved exactly:
+
+    .. math:: x̃_{i+1} = r\,x̃_i + (1 - r)\,D,\qquad r = σ̃_{i+1}/σ̃_i .
+
+    ``order=1`` takes D(x̃_i; σ̃_i) (DDIM, 1 evaluation per step, error O(h)); ``order=2`` takes D at
+    the geometric midpoint σ̃_m = √(σ̃_i σ̃_{i+1}) of a first-order half step (DPM-Solver-2, 2
+    evaluations per step, error O(h²)). Exact for any step size when D is constant in σ̃.
+    """
+    if order not in (1, 2):
+        raise ValueError("order must be 1 or 2")
+    levels = noise_levels(sde, n_steps, eps, rho, sigma_max).tolist()
+    D = denoiser(_Counted(score_fn), sde)
+    xs = _scaled_prior(sde, shape, generator, device, dtype, x_init, levels[0])
+    for i in progress(range(n_steps - 1), desc="exponential", disable=not progress_bar):
+        lo, nxt = levels[i], levels[i + 1]
+        d = D(xs, lo)
+        if order == 2:
+            mid = math.sqrt(lo * nxt)
+            d = D((mid / lo) * xs + (1 - mid / lo) * d, mid)
+        xs = (nxt / lo) * xs + (1 - nxt / lo) * d
+    return SampleResult(float(sde.f(eps)) * xs, _nfe(D))
+
+
+def _nfe(D) -> int:
+    """Network evaluations counted by the _Counted score inside a denoiser."""
+    for cell in D.__closure__ or ():
+        if isinstance(cell.cell_contents, _Counted):
+            return cell.cell_contents.nfe
+    return 0
+
+
 # ---------------------------------------------------------------------------------- registry
 def _em(score_fn, sde, x_T, settings, noise, progress_bar=False, record_times=None) -> SampleResult:
     return euler_maruyama(score_fn, sde, x_T.shape, n_steps=settings.n_steps, eps=settings.eps, generator=noise,
@@ -254,13 +389,44 @@ def _ode(score_fn, sde, x_T, settings, noise, progress_bar=False, record_times=N
     return SampleResult(x, score.nfe)
 
 
+def _heun(score_fn, sde, x_T, settings, noise, progress_bar=False, record_times=None) -> SampleResult:
+    return heun(score_fn, sde, x_T.shape, n_steps=settings.n_steps, eps=settings.eps, rho=settings.rho,
+                x_init=x_T, progress_bar=progress_bar, sigma_max=settings.sigma_max)
+
+
+def _churn(score_fn, sde, x_T, settings, noise, progress_bar=False, record_times=None) -> SampleResult:
+    return heun(score_fn, sde, x_T.shape, n_steps=settings.n_steps, eps=settings.eps, rho=settings.rho,
+                churn=settings.churn, s_noise=settings.s_noise, generator=noise, x_init=x_T, progress_bar=progress_bar,
+                sigma_max=settings.sigma_max)
+
+
+def _ddim(score_fn, sde, x_T, settings, noise, progress_bar=False, record_times=None) -> SampleResult:
+    return exponential_integrator(score_fn, sde, x_T.shape, n_steps=settings.n_steps, eps=settings.eps,
+                                  rho=settings.rho, order=1, x_init=x_T, progress_bar=progress_bar,
+                                  sigma_max=settings.sigma_max)
+
+
+def _dpm2(score_fn, sde, x_T, settings, noise, progress_bar=False, record_times=None) -> SampleResult:
+    return exponential_integrator(score_fn, sde, x_T.shape, n_steps=settings.n_steps, eps=settings.eps,
+                                  rho=settings.rho, order=2, x_init=x_T, progress_bar=progress_bar,
+                                  sigma_max=settings.sigma_max)
+
+
 SAMPLERS = {
-    "em": _em,    # Euler–Maruyama on the reverse SDE (paper eq. 3.9)
-    "pc": _pc,    # predictor–corrector
-    "ode": _ode,  # probability-flow ODE (eq. 3.14), adaptive
+    "em": _em,        # Euler–Maruyama on the reverse SDE (paper eq. 3.9)
+    "pc": _pc,        # predictor–corrector
+    "ode": _ode,      # probability-flow ODE (eq. 3.14), adaptive
+    "heun": _heun,    # Heun on the PF-ODE, EDM noise levels (2 NFE per step)
+    "churn": _churn,  # Heun with fresh noise per step (EDM's stochastic sampler)
+    "ddim": _ddim,    # first-order exponential integrator (1 NFE per step)
+    "dpm2": _dpm2,    # DPM-Solver-2 (2 NFE per step)
 }
 SAMPLER_HELP = {"em": "Euler–Maruyama on the reverse SDE (the paper's)", "pc": "predictor–corrector",
-                "ode": "probability-flow ODE, adaptive (deterministic given x_T)"}
+                "ode": "probability-flow ODE, adaptive (deterministic given x_T)",
+                "heun": "Heun on the probability-flow ODE, EDM noise levels, 2 NFE per step",
+                "churn": "Heun with fresh noise each step (EDM's stochastic sampler; --churn)",
+                "ddim": "first-order exponential integrator (DDIM), 1 NFE per step",
+                "dpm2": "second-order exponential integrator (DPM-Solver-2), 2 NFE per step"}
 
 
 def sample(score_fn, sde, x_T: torch.Tensor, settings: SampleSettings, noise=None, progress_bar: bool = False,
@@ -271,4 +437,5 @@ def sample(score_fn, sde, x_T: torch.Tensor, settings: SampleSettings, noise=Non
 
 
 __all__ = ["SampleSettings", "SampleResult", "SamplerFailed", "SAMPLERS", "sample", "euler_maruyama",
-           "predictor_corrector", "probability_flow", "prior_sample", "time_grid"]
+           "predictor_corrector", "probability_flow", "prior_sample", "time_grid", "noise_levels", "denoiser", "heun",
+           "exponential_integrator"]

@@ -85,6 +85,21 @@ class VESDE:
         mean, std = self.marginal(x0, t)
         return mean + std * noise
 
+    def noise_level(self, t):
+        r"""The noise level σ̃(t) = √Ξ(t)/f(t, 0) of Karras et al. (EDM): x_t/f = x₀ + σ̃ z (VE: σ̃ = σ_t)."""
+        t = _as_tensor(t)
+        return torch.sqrt(self.Xi(t)) / self.f(t)
+
+    def _time_of_u(self, u):
+        """Inverse of u(t) = ∫₀ᵗ g² = T(σ^{2t/T} − 1)/(2 ln σ)."""
+        ls = math.log(self.sigma)
+        return self.T * torch.log1p(2 * ls * u / self.T) / (2 * ls)
+
+    def time_of_noise_level(self, level):
+        """The diffusion time t at which σ̃(t) = ``level`` (inverse of :meth:`noise_level`)."""
+        level = _as_tensor(level)
+        return self._time_of_u(level * level)
+
     def prior_std(self) -> float:
         """Std of the prior p_T (the data's contribution f(T,0)·x₀ is neglected)."""
         return float(self.marginal_std(self.T))
@@ -145,6 +160,10 @@ class VPSDE(VESDE):
 
     def Xi(self, t):
         return -torch.expm1(-self._u(t))
+
+    def time_of_noise_level(self, level):
+        level = _as_tensor(level)
+        return self._time_of_u(torch.log1p(level * level))
 
 
 SDES = {"ve": VESDE, "vp": VPSDE}

@@ -24,7 +24,6 @@ from ..storage.ensembles import make_metadata
 from ..storage.files import content_hash, lib_version, load_checkpoint_file, save_checkpoint
 from .networks import LatticeUNet, MLPScore, build_score_model
 from .samplers import SampleSettings, prior_sample, sample
-from .sde import make_sde
 from .training import Normaliser, Trainer, TrainSettings, load_checkpoint, load_model, save_epoch_seconds
 
 STREAM_DOMAIN = "dm"

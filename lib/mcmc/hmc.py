@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from ..rng import check_seed
 from ..runtime import per_sample, resolve_device
-from ..settings import Settings, choice, dtype_name, nonneg_int, positive_float, positive_int, setting
+from ..settings import Settings, choice, dtype_name, nonneg_int, positive_float, positive_int
 from .chain import MarkovChainSampler
 
 
@@ -97,11 +96,19 @@ class HMC(MarkovChainSampler):
 
         Accept with probability min(1, e^{−ΔH}); returns the boolean acceptance mask.
         """
-        p = self.noise.randn(self.theory.lattice_shape, self.dtype)
+        if self.per_chain_streams:
+            # one call per chain stream: the momenta and one more normal z for the Metropolis test, u = Φ(z)
+            draws = self.noise.randn((self.theory.volume + 1,), self.dtype)
+            p = draws[:, :-1].reshape(self.phi.shape)
+        else:
+            p = self.noise.randn(self.theory.lattice_shape, self.dtype)
         h0 = hamiltonian(self.theory, self.phi, p)
         phi_new, p_new = leapfrog(self.theory, self.phi, p, self.eps, self.n_steps)
         dH = hamiltonian(self.theory, phi_new, p_new) - h0
-        u = self.noise.rand((), self.dtype)
+        if self.per_chain_streams:
+            u = 0.5 * torch.erfc(-draws[:, -1] / math.sqrt(2))  # uniform on (0, 1)
+        else:
+            u = self.noise.rand((), self.dtype)
         # a diverged trajectory (dH = nan) is rejected
         accept = u < torch.exp(-dH.nan_to_num(nan=math.inf))
         self.phi = torch.where(per_sample(accept, self.phi).bool(), phi_new, self.phi)

@@ -119,11 +119,14 @@ def load_ensemble(path, allow_nonfinite: bool = False) -> Ensemble:
         raise ValueError(f"{path}: configurations have shape {list(configs.shape[1:])}, its metadata says "
                          f"{meta['shape']}")
     theory = meta.get("theory")
-    if isinstance(theory, dict) and isinstance(theory.get("L"), int):
-        d = theory.get("d", configs.ndim - 1)
-        if list(configs.shape[1:]) != [theory["L"]] * d:
+    if isinstance(theory, dict) and "L" in theory:
+        L, d = theory["L"], theory.get("d", configs.ndim - 1)
+        for name, v in (("L", L), ("d", d)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{path}: the theory in its metadata has {name} = {v!r}, not a positive integer")
+        if configs.ndim - 1 != d or any(n != L for n in configs.shape[1:]):  # (no list of d items: d may be huge)
             raise ValueError(f"{path}: configurations have shape {list(configs.shape[1:])}, but the theory in its "
-                             f"metadata is L = {theory['L']}, d = {d}")
+                             f"metadata is L = {L}, d = {d}")
     if not allow_nonfinite:
         bad = int((~np.isfinite(configs.reshape(configs.shape[0], -1))).any(axis=1).sum())
         if bad:

@@ -96,9 +96,28 @@ def load_checkpoint_file(path, what: str = "checkpoint") -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for a foreign or malicious pickle, EOFError, zip errors, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ValueError(f"{path} is not a valid {what} (refused by the safe loader: {first})") from None
+        raise ValueError(f"{path} is not a valid {what}: {_load_failure(exc)}") from None
     return obj
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why the safe loader refused a file, in a few words (torch's own message is many lines and
+    suggests the unsafe ``weights_only=False``, which must not be followed for untrusted files)."""
+    import pickle
+    import re
+
+    text = str(exc).strip()
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return (f"it holds a Python object ({m.group(1)}) that the safe loader refuses to create, so it was not "
+                "written by this library or was tampered with (nothing in it was run)")
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return "the safe loader cannot read it (not written by this library, or damaged; nothing in it was run)"
+    text = re.sub(r"^\[enforce fail at [^\]]*\][\s.]*", "", text)  # torch's C++ source location
+    first = (text.splitlines() or [""])[0].split(". ")[0][:120]
+    if not re.search(r"[A-Za-z]{4}", first):  # e.g. the bare "101" of a KeyError
+        first = type(exc).__name__
+    return f"it cannot be read as a torch file (damaged, truncated or another kind of file: {first})"
 
 
 __all__ = ["lib_version", "content_hash", "check_writable", "atomic_write", "save_checkpoint",
