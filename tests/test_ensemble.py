@@ -162,6 +162,38 @@ def test_cache_file_with_foreign_metadata_raises_and_is_kept(tmp_path):
     assert (tmp_path / name).read_bytes() == before
 
 
+@pytest.mark.parametrize("damage", ["truncated", "nan", "fewer"])
+def test_damaged_cache_file_is_moved_aside_and_made_again(tmp_path, damage):
+    req = meta()
+    first = cached_ensemble(req, Maker(0), cache_dir=tmp_path, verbose=False)
+    path = first.path
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        c = first.configs.copy()
+        if damage == "nan":
+            c[2, 1, 1] = np.nan
+        else:
+            c = c[:3]  # fewer configurations than the metadata promises
+        with open(path, "wb") as fh:
+            np.savez(fh, configs=c, metadata=np.array(json.dumps({**first.metadata, "n_configs": 7})))
+    make = Maker(0)
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        again = cached_ensemble(req, make, cache_dir=tmp_path, verbose=False)
+    assert make.calls == 1 and np.array_equal(again.configs, first.configs)
+    assert path.with_name(path.name + ".damaged").exists()  # kept for inspection, not deleted
+
+
+def test_a_second_writer_fails_at_the_rename_instead_of_replacing_the_first(tmp_path):
+    from lib.storage.files import atomic_write
+
+    p = tmp_path / "out.bin"
+    atomic_write(p, lambda fh: fh.write(b"first"), overwrite=False)
+    with pytest.raises(FileExistsError, match="another process"):
+        atomic_write(p, lambda fh: fh.write(b"second"), overwrite=False)
+    assert p.read_bytes() == b"first" and [q.name for q in tmp_path.iterdir()] == ["out.bin"]
+
+
 def test_cache_directory_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DMSQ_CACHE", str(tmp_path / "envcache"))
     assert default_cache_dir() == tmp_path / "envcache"

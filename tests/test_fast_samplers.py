@@ -9,7 +9,7 @@ import torch
 
 import lib
 from lib.diffusion import SAMPLERS, SampleSettings, make_sde
-from lib.diffusion.samplers import exponential_integrator, heun, noise_levels, sample
+from lib.diffusion.samplers import euler_maruyama, exponential_integrator, heun, noise_levels, sample
 from lib.rng import SampleStreams
 
 EPS = 1e-3
@@ -110,3 +110,31 @@ def test_noise_levels_follow_the_edm_grid_and_settings_validate():
         SampleSettings(sampler="churn")
     assert "churn" not in SampleSettings().key() and SampleSettings(sampler="churn", churn=5.0).key()["churn"] == 5.0
     assert {"heun", "churn", "ddim", "dpm2", "em", "pc", "ode"} == set(SAMPLERS)
+
+
+@pytest.mark.parametrize("kind", ["ve", "vp"])
+def test_euler_maruyama_on_the_free_field_follows_its_exact_variance_recursion(kind):
+    """With 12 steps EM is far from p_ε; its output variance per mode is nonetheless known exactly
+    (Phi4.free_em_mode_variance). The library's sampler must reproduce it: averaged over the 16
+    modes of L = 4, within 4 standard errors √(2/(16 N))."""
+    th = lib.Phi4(L=4, kappa=0.2, lam=0.0)
+    sde = make_sde(kind, 10.0)
+    n, steps = 6000, 12
+    res = euler_maruyama(th.free_score_fn(sde), sde, (n, 4, 4), n_steps=steps, eps=EPS, dtype=torch.float64,
+                         generator=SampleStreams("dm", 5, 0, n))
+    power = (torch.fft.fftn(res.x, dim=(1, 2)).abs() ** 2).mean(0) / th.volume
+    predicted = th.free_em_mode_variance(sde, steps, EPS)
+    target = th.free_mode_variance(sde, EPS) / th.volume
+    ratio = (power / predicted).mean().item()
+    assert abs(ratio - 1) < 4 * math.sqrt(2 / (n * th.volume)), ratio
+    # and the recursion is far from the target at 12 steps, so the test can tell them apart
+    assert ((predicted / target - 1).abs().mean() > 0.05)
+
+
+def test_an_adaptive_solver_that_gives_up_says_what_to_try():
+    from lib.diffusion.samplers import SamplerFailed, probability_flow
+
+    sde = make_sde("ve", 25.0)
+    rough = lambda x, t: 1e12 * torch.sin(1e9 * x * t[:, None])  # noqa: E731 - a score no solver can follow
+    with pytest.raises(SamplerFailed, match="fixed-step sampler"):
+        probability_flow(rough, sde, torch.randn(4, 1, dtype=torch.float64) * sde.prior_std(), sde.T, EPS)

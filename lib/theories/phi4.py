@@ -238,3 +238,28 @@ class Phi4:
         z = torch.randn((n, *self.lattice_shape), generator=generator(seed, device), dtype=torch.float64,
                         device=device)
         return torch.fft.ifftn(torch.fft.fftn(z, dim=dims) * torch.sqrt(g), dim=dims).real.to(dtype)
+
+    def free_em_mode_variance(self, sde, n_steps: int, eps: float, start_var: torch.Tensor | None = None,
+                              denoise_last: bool = True) -> torch.Tensor:
+        r"""Exact per-mode output variance (per site, shape (L,)*d) of the Euler–Maruyama sampler of
+        :func:`lib.diffusion.samplers.euler_maruyama` driven by the exact free-field score (VE or VP):
+        each mode is a linear recursion,
+
+        .. math:: x' = \big(1 + Δt\,[\tfrac12 k(t) - g^2(t)/c_t(p)]\big) x + g\sqrt{Δt}\,z,\qquad
+                  c_t(p) = f(t,0)^2 G̃(p) + Ξ(t),
+
+        so var' = (1 + Δt[k/2 − g²/c])² var + g²Δt (no noise in the last step with ``denoise_last``).
+        ``start_var`` is the variance of x_T per mode (default: the prior's Ξ(T)). Compare with
+        :meth:`free_mode_variance` at t = ε to see the sampler's discretisation error exactly."""
+        g_tilde = self.free_momentum_propagator()
+        grid = torch.linspace(sde.T, eps, n_steps, dtype=torch.float64)
+        dt = float(grid[0] - grid[1])
+        var = (torch.full_like(g_tilde, float(sde.Xi(torch.tensor(sde.T, dtype=torch.float64))))
+               if start_var is None else start_var.clone())
+        for i in range(n_steps - 1):
+            t = grid[i]
+            g2, k = float(sde.g(t)) ** 2, float(sde.k(t))
+            c = float(sde.f(t)) ** 2 * g_tilde + float(sde.Xi(t))
+            last = i == n_steps - 2 and denoise_last
+            var = (1 + dt * (0.5 * k - g2 / c)) ** 2 * var + (0.0 if last else g2 * dt)
+        return var
