@@ -23,10 +23,10 @@ from lib.runtime import hardware_summary  # noqa: E402
 PAPER_TRAJ_PER_S = 1.57 * 164  # 100 leapfrog steps of 0.01 per trajectory
 
 
-def measure(L, n_chains, n_steps, eps, device, dtype, min_time=2.0, per_chain_streams=False):
+def measure(L, n_chains, n_steps, eps, device, dtype, min_time=2.0, per_chain_streams=False, fused=False):
     theory = lib.Phi4(L=L, kappa=0.21, lam=0.022)
     h = lib.HMC(theory, n_chains, eps=eps, n_steps=n_steps, seed=0, device=device, dtype=dtype,
-                per_chain_streams=per_chain_streams)
+                per_chain_streams=per_chain_streams, fused=fused)
     h.run(2, progress_bar=False)  # warm-up
     n, t0 = 0, time.perf_counter()
     while True:
@@ -57,21 +57,22 @@ def main():
                 for n_steps, eps in ((100, 0.01), (10, 0.1)):
                     for nc in chains:
                       # per-chain random streams (what hmc_ensemble uses: batch-size independent results)
-                      # cost one generator call per chain and trajectory; measured against one stream
-                      for per_chain in (False, True):
+                      # cost one generator call per chain and trajectory; measured against one stream.
+                      # fused: the compiled leapfrog, measured against the eager one (one stream)
+                      for variant in ("batch", "per-chain", "fused"):
                         nc_eff = max(nc // (L // 32) ** 2, 64)
                         rate, acc = measure(L, nc_eff, n_steps, eps, device, dtype, min_time=1.0 if a.quick else 3.0,
-                                            per_chain_streams=per_chain)
+                                            per_chain_streams=variant == "per-chain", fused=variant == "fused")
                         row = dict(device=device.type, L=L, dtype=str(dtype)[6:], n_steps=n_steps, eps=eps,
-                                   n_chains=nc_eff, streams="per-chain" if per_chain else "batch", traj_per_s=rate,
-                                   acceptance=acc,
+                                   n_chains=nc_eff, variant=variant, traj_per_s=rate, acceptance=acc,
                                    ratio_to_paper=rate / PAPER_TRAJ_PER_S * (n_steps / 100) if L == 32 else None)
-                        if per_chain:
-                            row["ratio_to_batch_stream"] = rate / rows[-1]["traj_per_s"]
+                        if variant != "batch":
+                            row["ratio_to_eager_batch"] = rate / rows[-1 if variant == "per-chain" else -2]["traj_per_s"]
                         rows.append(row)
                         print(f"{device.type:5s} L={L:3d} {row['dtype']:8s} {n_steps:3d} steps x {eps:<5} "
-                              f"chains={nc_eff:6d} {row['streams']:9s}: {rate:10.0f} traj/s  (acc {acc:.2f}; "
-                              + (f"x{row['ratio_to_batch_stream']:.2f} of one stream; " if per_chain else "")
+                              f"chains={nc_eff:6d} {variant:9s}: {rate:10.0f} traj/s  (acc {acc:.2f}; "
+                              + (f"x{row['ratio_to_eager_batch']:.2f} of eager, one stream; " if variant != "batch"
+                                 else "")
                               + (f"x{row['ratio_to_paper']:.1f} the paper's {PAPER_TRAJ_PER_S:.0f} traj/s "
                                  "in units of 100-step trajectories)" if L == 32 else "no paper figure at L=64)"))
     if a.json:

@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     h.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     h.add_argument("--checkpoint-dir", type=Path, default=None, help="save sampler state here; rerun to resume")
+    h.add_argument("--fused", action="store_true",
+                   help="compiled leapfrog (torch.compile): same trajectories to round-off, faster in float64")
     h.add_argument("--force", action="store_true", help="overwrite an existing output file")
     h.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -423,7 +425,7 @@ def cmd_hmc(a) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         configs, info = hmc_ensemble(theory, a.n_configs, seed, settings, batch_size=a.batch_size, device=device,
-                                     progress_bar=not a.no_progress, checkpoint_dir=a.checkpoint_dir)
+                                     progress_bar=not a.no_progress, checkpoint_dir=a.checkpoint_dir, fused=a.fused)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     meta = make_metadata(theory, "hmc", settings, seed, n_configs=a.n_configs, acceptance=info["acceptance"],

@@ -138,9 +138,10 @@ class MarkovChainSampler(abc.ABC):
         save_checkpoint(self.state_dict(), path)
 
     @classmethod
-    def load(cls, path, theory, device=None, expect: dict | None = None):
+    def load(cls, path, theory, device=None, expect: dict | None = None, **options):
         """Resume a sampler written by :meth:`save`. ``theory`` must equal the saved one, and every
-        item of ``expect`` the saved settings; anything else is refused in one line."""
+        item of ``expect`` the saved settings; anything else is refused in one line. ``options`` are
+        runtime options of the constructor that do not define the chain (e.g. ``fused``)."""
         state = load_checkpoint_file(path, f"{cls.sampler} checkpoint")
         if not isinstance(state, dict) or state.get("format") != CHAIN_FORMAT or state.get("sampler") != cls.sampler:
             raise ValueError(f"{path} is not a {cls.sampler} checkpoint of this library version")
@@ -158,7 +159,7 @@ class MarkovChainSampler(abc.ABC):
         kw = dict(state["settings"])
         kw["dtype"] = getattr(torch, kw.pop("dtype"))
         kw.pop("start")
-        self = cls(theory, start=state["phi"], device=device, **kw)
+        self = cls(theory, start=state["phi"], device=device, **kw, **options)
         self.start = state["settings"]["start"]
         self.noise.set_state(state["noise"])
         self.n_updates = state["n_updates"]
