@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale of the zero-mode head (default: the RMS magnetisation of the data in network units)")
     t.add_argument("--zero-mode-weight", type=_finite, default=1.0,
                    help="weight of the zero mode in the DSM loss (paper: 1; chapter 6)")
+    t.add_argument("--gaussian-skip", action="store_true",
+                   help="learn the correction to the score of Gaussian sites of the data's variance (not in the paper)")
+    t.add_argument("--t-sampling", choices=["uniform", "lognormal"], default="uniform",
+                   help="diffusion times of the loss: uniform in t (paper) or log-normal noise levels (EDM)")
     t.add_argument("--ema", type=_finite, default=None, help="EMA decay of the weights, e.g. 0.999")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use only the first N configurations")
     t.add_argument("--seed", type=_nonneg_int, required=True, help="fixes the initial weights and the training")
@@ -270,7 +274,8 @@ def _load_ensemble(path):
 def cmd_train(a) -> int:
     import torch
 
-    from .diffusion import TrainSettings, check_lattice, default_model, make_sde, train_score_model, zero_mode_scale
+    from .diffusion import (TrainSettings, check_lattice, default_model, make_sde, site_variance, train_score_model,
+                            zero_mode_scale)
     from .diffusion.networks import build_score_model
     from .diffusion.training import NonFiniteLoss
     from .rng import check_seed
@@ -293,7 +298,7 @@ def cmd_train(a) -> int:
                                       "zero_mode_weight": "--zero-mode-weight"},
                       epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema, z2_augment=a.z2_augment,
                       normalisation=a.normalise, grad_clip=a.grad_clip, zero_mode_weight=a.zero_mode_weight,
-                      amp=a.amp)
+                      amp=a.amp, t_sampling=a.t_sampling)
     device = _device(a.device)
     ens = _load_ensemble(a.ensemble)
     if a.n_train and a.n_train > len(ens):
@@ -302,9 +307,11 @@ def cmd_train(a) -> int:
     sde = make_sde(a.sde, a.sigma)
     zm_sd = (a.zero_mode_sd if a.zero_mode_sd is not None
              else zero_mode_scale(configs, a.normalise) if a.zero_mode_head else 0.5)
+    skip_var = site_variance(configs, a.normalise) if a.gaussian_skip else None
     # the architecture is checked on the meta device (nothing allocated), then built for real
     model = _meta_model(lambda: default_model(sde, configs.shape[1:], channels=channels, strides=strides, odd=a.odd,
-                                              hidden=hidden, zero_mode_head=a.zero_mode_head, zero_mode_sd=zm_sd),
+                                              hidden=hidden, zero_mode_head=a.zero_mode_head, zero_mode_sd=zm_sd,
+                                              skip_var=skip_var),
                         "bad network")
     _check_model_memory(model, f"--channels {a.channels}" if len(configs.shape[1:]) == 2 else f"--hidden {a.hidden}",
                         copies=5)

@@ -11,13 +11,14 @@ from .samplers import (SAMPLERS, SampleResult, SampleSettings, SamplerFailed, eu
 from .sde import VESDE, VPSDE, make_sde, sde_from_dict
 from .training import EMA, Normaliser, Trainer, TrainSettings, load_checkpoint, load_model
 from .workflow import (cached_dm_ensemble, cached_score_model, check_lattice, default_model, effective_action,
-                       generate, generate_from_checkpoint, score_model_request, train_score_model, tweedie_denoise,
-                       zero_mode_scale)
+                       generate, generate_from_checkpoint, score_model_request, site_variance, train_score_model,
+                       tweedie_denoise, zero_mode_scale)
 
 __all__ = ["likelihood", "loss", "networks", "samplers", "sde", "training", "workflow", "LikelihoodResult",
            "log_likelihood", "dsm_loss", "LatticeUNet", "MLPScore", "build_score_model", "SAMPLERS", "SampleResult",
            "SampleSettings", "SamplerFailed", "euler_maruyama", "predictor_corrector", "probability_flow", "VESDE",
            "VPSDE", "make_sde", "sde_from_dict", "EMA", "Normaliser", "Trainer", "TrainSettings", "load_checkpoint",
            "load_model", "cached_dm_ensemble", "cached_score_model", "check_lattice", "default_model",
-           "effective_action", "generate", "generate_from_checkpoint", "score_model_request", "train_score_model",
+           "effective_action", "generate", "generate_from_checkpoint", "score_model_request", "site_variance",
+           "train_score_model",
            "tweedie_denoise", "zero_mode_scale"]

@@ -62,26 +62,44 @@ class ScoreModel(nn.Module):
 
     kind = "base"
 
-    def __init__(self, sde, odd: bool = False):
+    def __init__(self, sde, odd: bool = False, skip_var: float | None = None):
         super().__init__()
         self.sde = sde
         self.odd = bool(odd)
+        if skip_var is not None and not (math.isfinite(skip_var) and skip_var > 0):
+            raise ValueError(f"skip_var must be a positive number, got {skip_var!r}")
+        self.skip_var = None if skip_var is None else float(skip_var)
 
     @property
     def config(self) -> dict:
-        return {"kind": self.kind, "sde": self.sde.to_dict(), "odd": self.odd, **self._config}
+        skip = {} if self.skip_var is None else {"skip_var": self.skip_var}  # recorded only when on
+        return {"kind": self.kind, "sde": self.sde.to_dict(), "odd": self.odd, **skip, **self._config}
 
     def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise TypeError("subclasses implement raw()")
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Score s_θ(x, t) = h_θ(x, t)/σ_t; with ``odd``, h_θ is replaced by ½[h_θ(x) − h_θ(−x)]."""
+        r"""Score s_θ(x, t) = h_θ(x, t)/σ_t; with ``odd``, h_θ is replaced by ½[h_θ(x) − h_θ(−x)].
+
+        With ``skip_var`` v (not in the paper) the network learns the correction to the score of
+        independent Gaussian sites of variance v (in the network's units),
+
+        .. math:: s_θ(x, t) = -\frac{f(t,0)\, x}{f(t,0)^2 v + Ξ(t)} + \frac{h_θ(x, t)}{σ_t},
+
+        which is exact for h = 0 on such data and, at large t, where every field is nearly
+        Gaussian, leaves the network only a small residual to learn (see
+        :func:`lib.diffusion.workflow.site_variance`)."""
         t = _times(t, x)
         h = self.raw(x, t)
         if self.odd:
             h = 0.5 * (h - self.raw(-x, t))
-        std = self.sde.marginal_std(t.double()).to(x.dtype)
-        return h / per_sample(std, x)
+        td = t.double()
+        std = self.sde.marginal_std(td).to(x.dtype)
+        out = h / per_sample(std, x)
+        if self.skip_var is not None:
+            f = self.sde.f(td)
+            out = out - per_sample(f / (f * f * self.skip_var + self.sde.Xi(td)), x) * x
+        return out
 
 
 class MLPScore(ScoreModel):
@@ -90,8 +108,8 @@ class MLPScore(ScoreModel):
     kind = "mlp"
 
     def __init__(self, sde, dim: int = 1, hidden=(64, 64), embed_dim: int = 32, embedding: str = "sinusoidal",
-                 odd: bool = False):
-        super().__init__(sde, odd)
+                 odd: bool = False, skip_var: float | None = None):
+        super().__init__(sde, odd, skip_var)
         hidden = tuple(int(h) for h in hidden)
         if dim < 1 or not hidden or min(hidden) < 1:
             raise ValueError("dim and hidden sizes must be positive")
@@ -170,8 +188,8 @@ class LatticeUNet(ScoreModel):
 
     def __init__(self, sde, channels=(32, 64, 128, 256), strides=(1, 1, 1, 1), embed_dim: int = 256,
                  embed_scale: float = 30.0, odd: bool = False, zero_mode_head: bool = False,
-                 zero_mode_sd: float = 0.5):
-        super().__init__(sde, odd)
+                 zero_mode_sd: float = 0.5, skip_var: float | None = None):
+        super().__init__(sde, odd, skip_var)
         ch = tuple(int(c) for c in channels)
         st = tuple(int(s) for s in strides)
         if len(ch) != 4 or len(st) != 4 or min(ch) < 1 or any(s not in (1, 2) for s in st):

@@ -14,7 +14,7 @@ import torch
 
 from ..rng import check_seed
 from ..runtime import per_sample, progress, resolve_device
-from ..settings import Settings, choice, dtype_name, positive_float, positive_int
+from ..settings import Settings, choice, dtype_name, positive_float, positive_int, setting
 from ..storage.files import lib_version, load_checkpoint_file, save_checkpoint
 from .loss import dsm_loss
 from .networks import build_score_model
@@ -31,7 +31,8 @@ class TrainSettings(Settings):
     training configuration with probability ½; ``normalisation``: how fields are mapped to the
     network's range (:class:`Normaliser`); ``zero_mode_weight``: weight of the zero mode in the
     loss (:func:`lib.diffusion.loss.dsm_loss`; 1 is eq. 3.4); ``grad_clip``: clip the gradient
-    norm; ``amp``: bf16 autocast on CUDA; ``dtype``: of the network and data.
+    norm; ``amp``: bf16 autocast on CUDA; ``dtype``: of the network and data; ``t_sampling``:
+    how diffusion times are drawn (:func:`lib.diffusion.loss.sample_times`; ``"uniform"`` is eq. 3.4).
     """
 
     stage = "train"
@@ -46,6 +47,7 @@ class TrainSettings(Settings):
     zero_mode_weight: float = 1.0
     amp: bool = False
     dtype: str = "float32"
+    t_sampling: str = setting("uniform", omit_at_default=True)
 
     def __post_init__(self):
         positive_int("epochs", self.epochs)
@@ -67,6 +69,7 @@ class TrainSettings(Settings):
         self._set("zero_mode_weight", positive_float("zero_mode_weight", self.zero_mode_weight))
         self._set("amp", bool(self.amp))
         self._set("dtype", dtype_name("dtype", self.dtype))
+        choice("t_sampling", self.t_sampling, ("uniform", "lognormal"))
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -170,7 +173,7 @@ class Trainer:
                 x0 = x0 * per_sample(sign, x0)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
                 loss = dsm_loss(self.model, x0, generator=self.generator, eps=st.eps,
-                                zero_mode_weight=st.zero_mode_weight)
+                                zero_mode_weight=st.zero_mode_weight, t_sampling=st.t_sampling)
             if not bool(torch.isfinite(loss)):
                 raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {self.epoch + 1} "
                                     f"(learning rate {st.lr:g} too large, or data out of range?); "

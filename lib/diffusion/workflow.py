@@ -30,15 +30,17 @@ STREAM_DOMAIN = "dm"
 
 
 def default_model(sde, lattice_shape, channels=(32, 64, 128, 256), strides=(1, 2, 2, 2), odd=False,
-                  hidden=(64, 64), embed_dim=None, zero_mode_head: bool = False, zero_mode_sd: float = 0.5):
+                  hidden=(64, 64), embed_dim=None, zero_mode_head: bool = False, zero_mode_sd: float = 0.5,
+                  skip_var: float | None = None):
     """A U-Net for 2D lattices (optionally with a zero-mode head of scale ``zero_mode_sd``, see
     :class:`lib.networks.LatticeUNet` and :func:`zero_mode_scale`), an MLP for flat inputs of few
     degrees of freedom."""
     if len(lattice_shape) == 2:
         return LatticeUNet(sde, channels=channels, strides=strides, odd=odd, embed_dim=embed_dim or 256,
-                           zero_mode_head=zero_mode_head, zero_mode_sd=zero_mode_sd)
+                           zero_mode_head=zero_mode_head, zero_mode_sd=zero_mode_sd, skip_var=skip_var)
     if len(lattice_shape) == 1:
-        return MLPScore(sde, dim=lattice_shape[0], hidden=hidden, odd=odd, embed_dim=embed_dim or 32)
+        return MLPScore(sde, dim=lattice_shape[0], hidden=hidden, odd=odd, embed_dim=embed_dim or 32,
+                        skip_var=skip_var)
     raise ValueError(f"no default score network for lattice shape {lattice_shape}")
 
 
@@ -54,6 +56,16 @@ def zero_mode_scale(configs, normalisation: str = "minmax") -> float:
         raise ValueError(f"expected configurations of shape (n, *lattice), got {tuple(x.shape)}")
     m = Normaliser.fit(x, normalisation).forward(x).mean(dim=tuple(range(1, x.ndim)))
     return float(m.pow(2).mean().sqrt())
+
+
+def site_variance(configs, normalisation: str = "minmax") -> float:
+    """The per-site variance of a training set in the network's units (after the normalisation
+    fitted to it): the v of a score model's Gaussian skip (``skip_var``)."""
+    x = torch.as_tensor(np.asarray(configs) if not isinstance(configs, torch.Tensor) else configs).double()
+    if x.ndim < 2 or x.shape[0] < 2:
+        raise ValueError(f"expected at least two configurations of shape (n, *lattice), got {tuple(x.shape)}")
+    y = Normaliser.fit(x, normalisation).forward(x)
+    return float(y.var())
 
 
 def train_score_model(configs, model, settings: TrainSettings | None = None, *, seed: int, checkpoint=None,

@@ -3,7 +3,9 @@
 * :class:`ToyModel` — the 0D model of eq. (3.19), exact by quadrature;
 * :class:`Phi4` — lattice φ⁴ in d dimensions (eqs. 4.2–4.4); at λ = 0 the free field, with its
   exact propagator;
-* :class:`GaussianMixture` — mixtures whose diffused densities and scores are exact.
+* :class:`GaussianMixture` — mixtures whose diffused densities and scores are exact;
+* :class:`GaussianField` — translation-invariant Gaussian fields (the free field, or the Gaussian
+  fitted to an ensemble's power spectrum) with exact diffused scores and densities.
 
 Every theory a Markov chain runs on satisfies the :class:`Theory` protocol.
 """
@@ -13,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from .gaussian_field import GaussianField
 from .gaussian_mixture import GaussianMixture
 from .phi4 import Phi4
 from .toy_model import ToyModel
@@ -34,4 +37,4 @@ class Theory(Protocol):
     def to_dict(self) -> dict: ...
 
 
-__all__ = ["Theory", "ToyModel", "Phi4", "GaussianMixture"]
+__all__ = ["Theory", "ToyModel", "Phi4", "GaussianMixture", "GaussianField"]
