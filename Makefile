@@ -68,7 +68,8 @@ sync: $(STAMP)
 
 execute: $(STAMP)
 	@test -n "$(CHAPTER)" || { echo "usage: make execute CHAPTER=book/NN_name.ipynb"; exit 2; }
-	cd $(dir $(CHAPTER)) && $(abspath $(VENV))/bin/papermill $(notdir $(CHAPTER)) $(notdir $(CHAPTER)) -k python3
+	@# DMSQ_PROGRESS=none: no progress widgets stored in the notebook (they render as frozen bars)
+	cd $(dir $(CHAPTER)) && DMSQ_PROGRESS=none $(abspath $(VENV))/bin/papermill $(notdir $(CHAPTER)) $(notdir $(CHAPTER)) -k python3
 	@# drop papermill's timing metadata so that the paired .md (and diffs) stay clean
 	$(PY) -c "$$STRIP_PAPERMILL" $(CHAPTER)
 	$(VENV)/bin/jupytext --sync $(CHAPTER)

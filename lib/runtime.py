@@ -34,10 +34,18 @@ def resolve_device(device=None) -> torch.device:
 
 
 def progress(iterable=None, total=None, desc=None, disable=False, **kw):
-    """``tqdm.auto`` progress bar (a notebook widget in Jupyter, text elsewhere)."""
-    from tqdm.auto import tqdm
+    """A progress bar: ``tqdm.auto`` (a notebook widget in Jupyter, text elsewhere) by default.
+    The environment variable ``DMSQ_PROGRESS`` chooses: ``auto``, ``text`` (plain text on stderr)
+    or ``none``. Notebooks executed for the book (``make execute``, the tests) use ``none``: a
+    widget stored in a notebook renders as a frozen bar without a live kernel."""
+    import os
 
-    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kw)
+    mode = os.environ.get("DMSQ_PROGRESS", "auto")
+    if mode == "text":
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, disable=disable or mode == "none", leave=False, **kw)
 
 
 def hardware_summary(device=None) -> str:

@@ -26,6 +26,7 @@ def pytest_configure(config):
     if _CACHE_DIR is None:
         _CACHE_DIR = tempfile.mkdtemp(prefix="dmsq-test-cache-")
         os.environ["DMSQ_CACHE"] = _CACHE_DIR
+        os.environ["DMSQ_PROGRESS"] = "none"  # no progress widgets in executed notebooks
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
@@ -34,3 +35,21 @@ def pytest_unconfigure(config):
     if _CACHE_DIR is not None:
         shutil.rmtree(_CACHE_DIR, ignore_errors=True)
         _CACHE_DIR = None
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The book built once per test session (`jupyter-book build --warningiserror` into a temporary
+    directory): ``(html_dir, log, returncode)``."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("book")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "--path-output", str(out),
+           "--warningiserror", "--keep-going", "--all"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return out / "_build" / "html", r.stdout + r.stderr, r.returncode

@@ -19,7 +19,7 @@ from ..rng import SampleStreams, check_seed, default_block
 from ..runtime import progress, resolve_device
 from ..settings import positive_int
 from ..storage.cache import cache_dir as _cache_dir
-from ..storage.cache import cache_lock, cached_ensemble, move_aside, request_key
+from ..storage.cache import cache_lock, cached_ensemble, move_aside, request_key, shown
 from ..storage.ensembles import make_metadata
 from ..storage.files import content_hash, lib_version, load_checkpoint_file, save_checkpoint
 from .networks import LatticeUNet, MLPScore, build_score_model
@@ -307,17 +307,17 @@ def _train_or_load(path, request, ensemble, model_config, settings, n_train, see
                                  "remove it by hand")
             if state["epoch"] >= settings.epochs:
                 if verbose:
-                    print(f"loaded cached score model {path} ({state['epoch']} epochs)")
+                    print(f"loaded cached score model {shown(path)} ({state['epoch']} epochs)")
                 model, state = load_model(path, device=device, ema=True)
                 return model, state, path
             if verbose:
-                print(f"resuming {path} at epoch {state['epoch']} of {settings.epochs}")
+                print(f"resuming {shown(path)} at epoch {state['epoch']} of {settings.epochs}")
     meta = {"request": request, "training_ensemble": ensemble.metadata}
     model = build_score_model(model_config, seed=seed)
     trainer = train_score_model(ensemble.configs[:n_train], model, settings, seed=seed, checkpoint=path,
                                 device=device, metadata=meta, progress_bar=progress_bar)
     if verbose:
-        print(f"trained score model {path} ({settings.epochs} epochs, {sum(trainer.epoch_seconds):.0f} s)")
+        print(f"trained score model {shown(path)} ({settings.epochs} epochs, {sum(trainer.epoch_seconds):.0f} s)")
     model, state = load_model(path, device=device, ema=True)
     return model, state, path
 

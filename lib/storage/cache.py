@@ -30,6 +30,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DMSQ_CACHE", Path.home() / ".cache" / "dmsq"))
 
 
+def shown(path) -> str:
+    """A cache path as a reader should see it: relative to the cache directory ($DMSQ_CACHE or
+    ~/.cache/dmsq), not the author's absolute path."""
+    path = Path(path)
+    base = default_cache_dir()
+    try:
+        rel = path.resolve().relative_to(base.resolve())
+    except ValueError:
+        return path.name
+    return f"{'$DMSQ_CACHE' if 'DMSQ_CACHE' in os.environ else '~/.cache/dmsq'}/{rel}"
+
+
 def cache_dir(path=None) -> Path:
     d = Path(path) if path is not None else default_cache_dir()
     d.mkdir(parents=True, exist_ok=True)
@@ -89,7 +101,7 @@ def cached_ensemble(request: dict, make, cache_dir=None, verbose: bool = True) -
             else:
                 if _matches(ens.metadata, request):
                     if verbose:
-                        print(f"loaded cached ensemble {path} ({len(ens)} configurations)")
+                        print(f"loaded cached ensemble {shown(path)} ({len(ens)} configurations)")
                     return ens
                 raise ValueError(f"cache file {path} holds a different ensemble; it was not overwritten — "
                                  "remove it by hand")
@@ -97,8 +109,8 @@ def cached_ensemble(request: dict, make, cache_dir=None, verbose: bool = True) -
         configs, extra = (out if isinstance(out, tuple) else (out, {}))
         save_ensemble(path, configs, {**request, **extra, "request_key": request_key(request)})
         if verbose:
-            print(f"saved ensemble {path}")
+            print(f"saved ensemble {shown(path)}")
         return load_ensemble(path)
 
 
-__all__ = ["request_key", "default_cache_dir", "cache_dir", "cache_lock", "cached_ensemble", "move_aside"]
+__all__ = ["request_key", "default_cache_dir", "cache_dir", "cache_lock", "cached_ensemble", "move_aside", "shown"]
