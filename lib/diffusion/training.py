@@ -149,11 +149,6 @@ class Trainer:
         self.resume = bool(resume)
         self.metadata = dict(metadata or {})
 
-    # legacy attribute names used by chapters
-    @property
-    def batch_size(self) -> int:
-        return self.settings.batch_size
-
     def hyperparameters(self) -> dict:
         """What must match to resume: the settings key without ``epochs``, the seed and n_train."""
         key = {k: v for k, v in self.settings.key().items() if k != "epochs"}

@@ -33,7 +33,7 @@ def default_model(sde, lattice_shape, channels=(32, 64, 128, 256), strides=(1, 2
                   hidden=(64, 64), embed_dim=None, zero_mode_head: bool = False, zero_mode_sd: float = 0.5,
                   skip_var: float | None = None):
     """A U-Net for 2D lattices (optionally with a zero-mode head of scale ``zero_mode_sd``, see
-    :class:`lib.networks.LatticeUNet` and :func:`zero_mode_scale`), an MLP for flat inputs of few
+    :class:`lib.diffusion.networks.LatticeUNet` and :func:`zero_mode_scale`), an MLP for flat inputs of few
     degrees of freedom."""
     if len(lattice_shape) == 2:
         return LatticeUNet(sde, channels=channels, strides=strides, odd=odd, embed_dim=embed_dim or 256,
@@ -48,7 +48,7 @@ def zero_mode_scale(configs, normalisation: str = "minmax") -> float:
     r"""The scale s_d of the zero-mode head for a training set: the root mean square of the
     magnetisation in the network's units, s_d = ⟨(a M + b)²⟩^{1/2} with the normalisation
     y = a φ + b fitted to ``configs``. The head's preconditioning (see
-    :class:`lib.networks.LatticeUNet`) keeps the inputs and outputs of its MLP of order one when
+    :class:`lib.diffusion.networks.LatticeUNet`) keeps the inputs and outputs of its MLP of order one when
     s_d is the scale of the data's zero mode: about 0.7 in the broken phase after min–max
     normalisation, a few hundredths in the symmetric phase, where M ≈ 0 ± √(χ₂/V)."""
     x = torch.as_tensor(np.asarray(configs) if not isinstance(configs, torch.Tensor) else configs).double()
@@ -185,7 +185,7 @@ def effective_action(score_fn, x_grid, t, device=None, dtype=None) -> np.ndarray
 
     so that e^{−S_DM(·, t)} ∝ p_t, the density whose score is ``s`` at diffusion time t (the
     reverse-process time of the paper is τ = T − t). ``score_fn(x, t)`` takes x of shape (n, 1)
-    and t of shape (n,) — a trained :class:`lib.networks.MLPScore` with ``dim=1`` or an exact
+    and t of shape (n,) — a trained :class:`lib.diffusion.networks.MLPScore` with ``dim=1`` or an exact
     score. The integral is the cumulative trapezoidal rule on ``x_grid`` (strictly increasing;
     error O(h²) per unit length). The additive constant is fixed so that min S_DM = 0 on the grid;
     the paper's shift ΔS₀ is then min S. ``device``/``dtype`` default to those of the

@@ -117,7 +117,7 @@ class HMC(MarkovChainSampler):
     eps, n_steps : leapfrog step size and steps per trajectory (paper: 0.01 × 100, length 1).
     seed : seed of this sampler's own ``torch.Generator``.
     start : ``"cold"`` (φ = 0), ``"hot"`` (φ ~ N(0, 1)), ``"ordered"`` (the constant classical
-        vacuum ±φ₀ with a random sign per chain, see :meth:`lib.phi4.Phi4.classical_vacuum`) or a
+        vacuum ±φ₀ with a random sign per chain, see :meth:`lib.theories.Phi4.classical_vacuum`) or a
         tensor of shape ``(n_chains, *lattice)``.
     fused : use the compiled φ⁴ leapfrog (:func:`fused_leapfrog`): same trajectories to round-off,
         several times faster in float64 on a CPU (``benchmarks/hmc_throughput.py``).

@@ -1,7 +1,7 @@
 r"""Gaussian mixtures: targets whose diffused density and score are known exactly.
 
 A mixture p₀(x) = Σ_k w_k N(x; m_k, s_k² 1) in D dimensions stays a mixture under the linear
-SDEs of :mod:`lib.sde`:
+SDEs of :mod:`lib.diffusion.sde`:
 
 .. math:: p_t(x) = Σ_k w_k\, N\big(x;\, f(t,0)\, m_k,\ v_k(t) 1\big),\qquad v_k(t) = f(t,0)^2 s_k^2 + Ξ(t),
 
