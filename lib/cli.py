@@ -433,8 +433,9 @@ def cmd_hmc(a) -> int:
         warnings.simplefilter("always")
         configs, info = hmc_ensemble(theory, a.n_configs, seed, settings, batch_size=a.batch_size, device=device,
                                      progress_bar=not a.no_progress, checkpoint_dir=a.checkpoint_dir, fused=a.fused)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    for w in caught:  # lib's own warnings (acceptance, compile fallback); not third-party deprecations
+        if issubclass(w.category, RuntimeWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
     meta = make_metadata(theory, "hmc", settings, seed, n_configs=a.n_configs, acceptance=info["acceptance"],
                          device=str(device))
     save_ensemble(a.out, configs, meta, overwrite=a.force)
