@@ -5,7 +5,8 @@ The layout follows the paper's pipeline::
     theories/    what is sampled: the 0D toy model (eq. 3.19), lattice φ⁴ (eqs. 4.2–4.4, the free
                  field at λ = 0), Gaussian mixtures with exact scores; the Theory protocol
     mcmc/        Markov chains on e^{−S}: the batched chain base, Langevin (eq. 2.15), HMC with
-                 the paper's ensemble protocol (HMCSettings), local Metropolis
+                 the paper's ensemble protocol (HMCSettings), local Metropolis, independence
+                 Metropolis with global proposals (DM-MC, eq. 4.9)
     diffusion/   diffusion models: SDEs (eq. 3.6), score networks (App. A), the DSM loss (eq. 3.4),
                  training (TrainSettings), samplers in a registry (SampleSettings; eqs. 3.9, 3.14),
                  the likelihood (eq. 3.15), the cached train/generate workflow
