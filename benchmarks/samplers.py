@@ -9,7 +9,7 @@ statistical error:
   the origin); the Fourier transform of the output is the per-mode gain a(p), and the output
   variance is a(p)² v_T(p);
 * Euler–Maruyama: the per-mode variance recursion of its step
-  (:meth:`lib.Phi4.free_em_mode_variance`, checked against the library's sampler by Monte Carlo in
+  (:meth:`lib.theories.GaussianField.em_variance` of `Phi4.free_field()`, checked against the library's sampler by Monte Carlo in
   tests/test_fast_samplers.py).
 
 The error is the root mean square over modes of var_out(p)/v_ε(p) − 1, with x_T drawn from the
@@ -47,7 +47,7 @@ def deterministic_variance(th, sde, run, start_var):
     """a(p)² v_T(p) from the library's sampler applied to a unit field at the origin."""
     delta = torch.zeros((1, *th.lattice_shape), dtype=torch.float64)
     delta[(0,) * (1 + th.d)] = 1.0
-    res = run(th.free_score_fn(sde), sde, delta)
+    res = run(th.free_field().score_fn(sde), sde, delta)
     gain = torch.fft.fftn(res.x[0]).real  # symmetric in p: the gain is real
     return gain ** 2 * start_var, res.nfe
 
@@ -85,14 +85,14 @@ def main():
     L = 16 if a.quick else 32
     th = lib.Phi4(L=L, kappa=0.2, lam=0.0)
     sde = make_sde("ve", 25.0)
-    v_T = th.free_mode_variance(sde, sde.T) / th.volume
-    v_eps = th.free_mode_variance(sde, EPS) / th.volume
+    field = th.free_field()
+    v_T, v_eps = field.variance(sde, sde.T), field.variance(sde, EPS)
     print(f"# free field L={L}, kappa=0.2, VE sigma=25; error = rms over modes of var/exact - 1 (exact p_T start)")
     rows = []
-    ref = rel_error(th.free_em_mode_variance(sde, 500, EPS, v_T), v_eps)
+    ref = rel_error(field.em_variance(sde, 500, EPS, v_T), v_eps)
     rows.append(dict(sampler="em", levels=500, nfe=499, error=ref))
     for n in (50, 100, 200, 1000):
-        rows.append(dict(sampler="em", levels=n, nfe=n - 1, error=rel_error(th.free_em_mode_variance(sde, n, EPS, v_T), v_eps)))
+        rows.append(dict(sampler="em", levels=n, nfe=n - 1, error=rel_error(field.em_variance(sde, n, EPS, v_T), v_eps)))
     runs = {
         "heun": lambda n: lambda s, sde_, x: heun(s, sde_, x.shape, n_steps=n, eps=EPS, x_init=x, dtype=x.dtype),
         "ddim": lambda n: lambda s, sde_, x: exponential_integrator(s, sde_, x.shape, n_steps=n, eps=EPS, order=1,

@@ -73,3 +73,14 @@ def per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     ``(batch, ...)``, in x's dtype and device."""
     v = torch.as_tensor(v).to(dtype=x.dtype, device=x.device)
     return v if v.ndim == 0 else v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def memory_limit() -> int:
+    """Physical memory of this machine in bytes (a generous bound when unknown): requests that
+    would need more are refused before anything is allocated."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 2**40

@@ -122,7 +122,7 @@ def test_train_then_sample_round_trip(checkpoint, tmp_path):
     import torch
 
     state = torch.load(checkpoint, weights_only=False)
-    assert state["hyperparameters"]["z2_augment"] and state["hyperparameters"]["n_train"] == 128
+    assert state["settings"]["z2_augment"] and state["data_fingerprint"][0][0] == 128
     assert state["metadata"]["theory"]["L"] == 6  # the checkpoint knows what it was trained on
     out = tmp_path / "gen.npz"
     r = run("sample", checkpoint, "--n", 5, "--out", out, "--seed", 1, "--steps", 10, "--L", 8, "--no-progress")

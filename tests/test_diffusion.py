@@ -245,7 +245,7 @@ def test_training_lowers_loss_and_resume_is_exact(tmp_path):
     assert resumed.history == straight.history
     assert np.mean(straight.history[-2:]) < straight.history[0]
     model, state = load_model(tmp_path / "a.pt")
-    assert state["epoch"] == 6 and state["hyperparameters"]["z2_augment"]
+    assert state["epoch"] == 6 and state["settings"]["z2_augment"]
 
 
 def test_resume_refuses_other_settings(tmp_path):

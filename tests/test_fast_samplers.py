@@ -67,12 +67,13 @@ def test_heun_reproduces_the_free_field_flow_mode_by_mode():
     multiplies every mode by √(v_ε(p)/v_T(p)); Heun with 33 levels gets it to O(h²)."""
     th = lib.Phi4(L=8, kappa=0.2, lam=0.0)
     sde = make_sde("ve", 25.0)
-    x = th.free_sample(2, seed=0) * sde.prior_std()
-    gain = torch.sqrt(th.free_mode_variance(sde, EPS) / th.free_mode_variance(sde, sde.T))
+    field = th.free_field()
+    x = field.sample(2, seed=0) * sde.prior_std()
+    gain = torch.sqrt(field.variance(sde, EPS) / field.variance(sde, sde.T))
     exact = torch.fft.ifftn(torch.fft.fftn(x, dim=(1, 2)) * gain, dim=(1, 2)).real
     err = {}
     for n in (17, 33, 65):
-        res = heun(th.free_score_fn(sde), sde, x.shape, n_steps=n, eps=EPS, x_init=x, dtype=torch.float64)
+        res = heun(field.score_fn(sde), sde, x.shape, n_steps=n, eps=EPS, x_init=x, dtype=torch.float64)
         err[n] = (res.x - exact).abs().max().item()
         assert res.nfe == 2 * (n - 1)
     assert 3.4 < err[17] / err[33] < 4.6 and 3.4 < err[33] / err[65] < 4.6, err
@@ -88,13 +89,14 @@ def test_samplers_reach_the_free_field_distribution(name, settings):
     th = lib.Phi4(L=4, kappa=0.2, lam=0.0)
     sde = make_sde("ve", 10.0)
     n = 4000
-    x0 = th.free_sample(n, seed=1)
+    field = th.free_field()
+    x0 = field.sample(n, seed=1)
     z = SampleStreams("test", 2, 0, n).randn((4, 4), torch.float64)
     x_T = sde.perturb(x0, sde.T, z)  # exact p_T: the prior mismatch is not what is tested here
     st = SampleSettings(sampler=name, eps=EPS, **settings)
-    res = sample(th.free_score_fn(sde), sde, x_T, st, SampleStreams("dm", 3, 0, n))
+    res = sample(field.score_fn(sde), sde, x_T, st, SampleStreams("dm", 3, 0, n))
     power = (torch.fft.fftn(res.x, dim=(1, 2)).abs() ** 2).mean(0) / th.volume
-    ratio = (power / (th.free_mode_variance(sde, EPS) / th.volume)).mean().item()
+    ratio = (power / field.variance(sde, EPS)).mean().item()
     err = math.sqrt(2 / (n * th.volume))
     # EM's first-order bias at 400 steps is well below the error; the others are second order
     assert abs(ratio - 1) < 4 * err + 0.005, (name, ratio, err)
@@ -115,16 +117,17 @@ def test_noise_levels_follow_the_edm_grid_and_settings_validate():
 @pytest.mark.parametrize("kind", ["ve", "vp"])
 def test_euler_maruyama_on_the_free_field_follows_its_exact_variance_recursion(kind):
     """With 12 steps EM is far from p_ε; its output variance per mode is nonetheless known exactly
-    (Phi4.free_em_mode_variance). The library's sampler must reproduce it: averaged over the 16
+    (GaussianField.em_variance). The library's sampler must reproduce it: averaged over the 16
     modes of L = 4, within 4 standard errors √(2/(16 N))."""
     th = lib.Phi4(L=4, kappa=0.2, lam=0.0)
     sde = make_sde(kind, 10.0)
     n, steps = 6000, 12
-    res = euler_maruyama(th.free_score_fn(sde), sde, (n, 4, 4), n_steps=steps, eps=EPS, dtype=torch.float64,
+    field = th.free_field()
+    res = euler_maruyama(field.score_fn(sde), sde, (n, 4, 4), n_steps=steps, eps=EPS, dtype=torch.float64,
                          generator=SampleStreams("dm", 5, 0, n))
     power = (torch.fft.fftn(res.x, dim=(1, 2)).abs() ** 2).mean(0) / th.volume
-    predicted = th.free_em_mode_variance(sde, steps, EPS)
-    target = th.free_mode_variance(sde, EPS) / th.volume
+    predicted = field.em_variance(sde, steps, EPS)
+    target = field.variance(sde, EPS)
     ratio = (power / predicted).mean().item()
     assert abs(ratio - 1) < 4 * math.sqrt(2 / (n * th.volume)), ratio
     # and the recursion is far from the target at 12 steps, so the test can tell them apart

@@ -70,16 +70,17 @@ def test_hutchinson_is_unbiased_and_rademacher_probes_have_less_variance():
 
 
 def test_em_samples_against_the_ode_density_closed_form_matches_monte_carlo():
-    """Phi4.free_em_ode_mismatch: the EM output N(0, a) and the ODE density N(0, b) are Gaussians
+    """GaussianField.em_ode_mismatch: the EM output N(0, a) and the ODE density N(0, b) are Gaussians
     diagonal in momentum space; their KL and the spread of log(p_EM/q_ODE) in closed form must
     match a Monte Carlo over exact EM-distributed configurations (GaussianField(a))."""
     th = lib.Phi4(L=8, kappa=0.23, lam=0.0)
     sde = make_sde("ve", 25.0)
     n_steps = 40
-    m = th.free_em_ode_mismatch(sde, n_steps, EPS)
-    a = th.free_em_mode_variance(sde, n_steps, EPS)
+    field = th.free_field()
+    m = field.em_ode_mismatch(sde, n_steps, EPS)
+    a = field.em_variance(sde, n_steps, EPS)
     xi_T = float(sde.Xi(torch.tensor(1.0, dtype=torch.float64)))
-    b = xi_T * (th.free_mode_variance(sde, EPS) / th.free_mode_variance(sde, 1.0))
+    b = xi_T * (field.variance(sde, EPS) / field.variance(sde, 1.0))
     em, ode = GaussianField(a), GaussianField(b)
     x = em.sample(20000, seed=4)
     ratio = (em.log_prob(x) - ode.log_prob(x)).numpy()
@@ -88,5 +89,5 @@ def test_em_samples_against_the_ode_density_closed_form_matches_monte_carlo():
     assert abs(ratio.std() - m["std_log_ratio"]) < 4 * m["std_log_ratio"] / math.sqrt(2 * n) + 1e-3
     assert m["kl_em_ode"] > 0 and m["kl_ode_target"] > 0
     # more steps bring EM to p_ε (it forgets the prior's error); the ODE density keeps it
-    far = th.free_em_ode_mismatch(sde, 4000, EPS)
+    far = field.em_ode_mismatch(sde, 4000, EPS)
     assert far["kl_em_target"] < 0.05 * m["kl_em_target"] and far["kl_ode_target"] == pytest.approx(m["kl_ode_target"])

@@ -11,7 +11,7 @@ from .samplers import (SAMPLERS, SampleResult, SampleSettings, SamplerFailed, eu
 from .sde import VESDE, VPSDE, make_sde, sde_from_dict
 from .training import EMA, Normaliser, Trainer, TrainSettings, load_checkpoint, load_model
 from .workflow import (cached_dm_ensemble, cached_score_model, check_lattice, default_model, effective_action,
-                       generate, generate_from_checkpoint, score_model_request, site_variance, train_score_model,
+                       generate, score_model_request, site_variance, train_score_model,
                        tweedie_denoise, zero_mode_scale)
 
 __all__ = ["likelihood", "loss", "networks", "samplers", "sde", "training", "workflow", "LikelihoodResult",
@@ -19,6 +19,6 @@ __all__ = ["likelihood", "loss", "networks", "samplers", "sde", "training", "wor
            "SampleSettings", "SamplerFailed", "euler_maruyama", "predictor_corrector", "probability_flow", "VESDE",
            "VPSDE", "make_sde", "sde_from_dict", "EMA", "Normaliser", "Trainer", "TrainSettings", "load_checkpoint",
            "load_model", "cached_dm_ensemble", "cached_score_model", "check_lattice", "default_model",
-           "effective_action", "generate", "generate_from_checkpoint", "score_model_request", "site_variance",
+           "effective_action", "generate", "score_model_request", "site_variance",
            "train_score_model",
            "tweedie_denoise", "zero_mode_scale"]

@@ -316,7 +316,8 @@ def heun(score_fn, sde, shape, n_steps: int = 18, eps: float = 1e-3, rho: float 
     forgets earlier errors; no churn where σ̂ would exceed σ̃(T).
     """
     levels = noise_levels(sde, n_steps, eps, rho, sigma_max).tolist()
-    D = denoiser(_Counted(score_fn), sde)
+    score = _Counted(score_fn)
+    D = denoiser(score, sde)
     xs = _scaled_prior(sde, shape, generator, device, dtype, x_init, levels[0])
     gamma = min(churn / (n_steps - 1), math.sqrt(2) - 1) if churn > 0 else 0.0
     for i in progress(range(n_steps - 1), desc="Heun", disable=not progress_bar):
@@ -330,7 +331,7 @@ def heun(score_fn, sde, shape, n_steps: int = 18, eps: float = 1e-3, rho: float 
         pred = xs + (nxt - lo) * d
         d2 = (pred - D(pred, nxt)) / nxt
         xs = xs + (nxt - lo) * 0.5 * (d + d2)
-    return SampleResult(float(sde.f(eps)) * xs, _nfe(D))
+    return SampleResult(float(sde.f(eps)) * xs, score.nfe)
 
 
 @torch.no_grad()
@@ -350,7 +351,8 @@ def exponential_integrator(score_fn, sde, shape, n_steps: int = 18, eps: float =
     if order not in (1, 2):
         raise ValueError("order must be 1 or 2")
     levels = noise_levels(sde, n_steps, eps, rho, sigma_max).tolist()
-    D = denoiser(_Counted(score_fn), sde)
+    score = _Counted(score_fn)
+    D = denoiser(score, sde)
     xs = _scaled_prior(sde, shape, generator, device, dtype, x_init, levels[0])
     for i in progress(range(n_steps - 1), desc="exponential", disable=not progress_bar):
         lo, nxt = levels[i], levels[i + 1]
@@ -359,15 +361,7 @@ def exponential_integrator(score_fn, sde, shape, n_steps: int = 18, eps: float =
             mid = math.sqrt(lo * nxt)
             d = D((mid / lo) * xs + (1 - mid / lo) * d, mid)
         xs = (nxt / lo) * xs + (1 - nxt / lo) * d
-    return SampleResult(float(sde.f(eps)) * xs, _nfe(D))
-
-
-def _nfe(D) -> int:
-    """Network evaluations counted by the _Counted score inside a denoiser."""
-    for cell in D.__closure__ or ():
-        if isinstance(cell.cell_contents, _Counted):
-            return cell.cell_contents.nfe
-    return 0
+    return SampleResult(float(sde.f(eps)) * xs, score.nfe)
 
 
 # ---------------------------------------------------------------------------------- registry

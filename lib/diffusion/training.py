@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..rng import check_seed
-from ..runtime import per_sample, progress, resolve_device
+from ..runtime import memory_limit, per_sample, progress, resolve_device
 from ..settings import Settings, choice, dtype_name, positive_float, positive_int, setting
 from ..storage.files import lib_version, load_checkpoint_file, save_checkpoint
 from .loss import dsm_loss
@@ -149,11 +149,6 @@ class Trainer:
         self.resume = bool(resume)
         self.metadata = dict(metadata or {})
 
-    def hyperparameters(self) -> dict:
-        """What must match to resume: the settings key without ``epochs``, the seed and n_train."""
-        key = {k: v for k, v in self.settings.key().items() if k != "epochs"}
-        return {**key, "seed": self.seed, "n_train": int(self.data.shape[0])}
-
     # ------------------------------------------------------------------ training
     def train_epoch(self) -> float:
         self.model.train()
@@ -214,7 +209,7 @@ class Trainer:
                 "ema_updates": self.ema.n_updates if self.ema else 0,
                 "device_type": self.device.type, "epoch": self.epoch, "history": self.history,
                 "settings": self.settings.to_dict(), "seed": self.seed,
-                "hyperparameters": self.hyperparameters(), "data_fingerprint": _fingerprint(self.data),
+                "data_fingerprint": _fingerprint(self.data),
                 "metadata": self.metadata, "lib_version": lib_version()}
 
     def save(self, path) -> None:
@@ -226,8 +221,9 @@ class Trainer:
         state = load_checkpoint(path)
         if state["model_config"] != self.model.config:
             raise ValueError(f"checkpoint {path} holds a different model configuration; not resuming")
-        if state["hyperparameters"] != self.hyperparameters():
-            raise ValueError(f"checkpoint {path} was trained with other settings ({state['hyperparameters']}); "
+        saved = _resume_key(TrainSettings.from_dict(state["settings"]), state["seed"])
+        if saved != _resume_key(self.settings, self.seed):
+            raise ValueError(f"checkpoint {path} was trained with other settings ({saved}); "
                              "not resuming")
         if state["data_fingerprint"] != _fingerprint(self.data):
             raise ValueError(f"checkpoint {path} was trained on other data; not resuming")
@@ -251,6 +247,12 @@ class Trainer:
         return m
 
 
+def _resume_key(settings: TrainSettings, seed: int) -> dict:
+    """What must match to resume a run (besides the data and the network): the settings' key
+    without ``epochs`` (a run may be continued further) and the seed."""
+    return {**{k: v for k, v in settings.key().items() if k != "epochs"}, "seed": seed}
+
+
 def _fingerprint(x: torch.Tensor) -> list:
     """Cheap identity check of a training set: shape, sum and sum of squares (float64)."""
     xd = x.detach().double()
@@ -258,7 +260,7 @@ def _fingerprint(x: torch.Tensor) -> list:
 
 
 _CHECKPOINT_KEYS = ("model_config", "model", "ema", "epoch", "settings", "seed", "metadata", "history",
-                    "optimizer", "generator", "device_type", "hyperparameters", "data_fingerprint")
+                    "optimizer", "generator", "device_type", "data_fingerprint")
 
 
 def _times_path(path) -> Path:
@@ -305,18 +307,31 @@ def load_checkpoint(path) -> dict:
 def load_model(path, device=None, ema: bool = True):
     """Rebuild the score model stored in a checkpoint (EMA weights when present and ``ema``).
 
-    Returns ``(model, state)``; the weights must be finite.
+    The stored configuration is first built on the ``meta`` device, which allocates nothing: a
+    damaged or forged configuration, weights that do not fit it, or a network larger than this
+    machine's memory are refused in one line before any memory is taken. The weights must be finite.
+    Returns ``(model, state)``.
     """
     state = load_checkpoint(path)
-    model = build_score_model(state["model_config"])
     weights = state["ema"] if (ema and state.get("ema") is not None) else state["model"]
     try:
-        model.load_state_dict(weights)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: the weights do not fit the stored model configuration "
-                         f"({str(exc).splitlines()[0][:120]})") from None
+        with torch.device("meta"):
+            shell = build_score_model(state["model_config"])
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path} is a damaged checkpoint: {str(exc).splitlines()[0][:120]}") from None
+    want = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
+    have = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} if isinstance(weights, dict) else None
+    if have != want:
+        raise ValueError(f"{path} is a damaged checkpoint: its weights do not fit its model configuration; "
+                         "retrain it (python -m lib train ...)")
+    n = sum(p.numel() for p in shell.parameters())
+    if 4 * n > memory_limit():
+        raise ValueError(f"checkpoint {path}: the network has {n:.3g} parameters, more than this machine's "
+                         "memory holds; sample on a larger machine")
     if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.dtype.is_floating_point):
         raise ValueError(f"{path} holds NaN or infinite weights (training diverged?); retrain it")
+    model = build_score_model(state["model_config"])
+    model.load_state_dict(weights)
     dtype = next(iter(weights.values())).dtype
     return model.to(device=resolve_device(device), dtype=dtype).eval(), state
 

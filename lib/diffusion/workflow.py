@@ -164,19 +164,6 @@ def generate(model, n: int, seed: int, settings: SampleSettings | None = None, *
     return torch.cat(out), records
 
 
-def generate_from_checkpoint(path, n: int, seed: int, settings: SampleSettings | None = None, *,
-                             lattice_shape=None, device=None, **kw):
-    """Load a checkpoint (EMA weights if ``settings.ema``) and :func:`generate`; returns
-    ``(configs, records, state)``."""
-    settings = SampleSettings.build(settings, **{k: kw.pop(k) for k in list(kw) if k in SampleSettings.__dataclass_fields__})
-    model, state = load_model(path, device=device, ema=settings.ema)
-    meta = state.get("metadata", {})
-    shape = check_lattice(model, meta, lattice_shape)
-    configs, records = generate(model, n, seed, settings, lattice_shape=shape, normaliser=meta.get("normaliser"),
-                                device=device, **kw)
-    return configs, records, state
-
-
 @torch.no_grad()
 def effective_action(score_fn, x_grid, t, device=None, dtype=None) -> np.ndarray:
     r"""The effective action of a one-component score, integrated along a grid (paper eqs. 3.11, 3.20):

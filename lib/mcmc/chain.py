@@ -4,7 +4,9 @@ saved state so that an interrupted run resumes bit for bit."""
 from __future__ import annotations
 
 import abc
+import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -165,3 +167,11 @@ class MarkovChainSampler(abc.ABC):
         self.n_updates = state["n_updates"]
         self._load_extra_state(state)
         return self
+
+
+def warn_if_frozen(acceptance: float, what: str = "chain", threshold: float = 0.01) -> None:
+    """Warn loudly when a Metropolis-type sampler (almost) never accepts: its output is its start."""
+    if not (isinstance(acceptance, float) and math.isfinite(acceptance)) or acceptance < threshold:
+        warnings.warn(f"{what}: acceptance {acceptance:.3g} is (near) zero; the output is essentially the "
+                      "starting configurations, not samples of the theory (step size too large? parameters "
+                      "outside the stable range?)", RuntimeWarning, stacklevel=2)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..rng import check_seed
-from ..runtime import per_sample, resolve_device
+from ..runtime import memory_limit, per_sample, resolve_device
 from ..settings import Settings, choice, dtype_name, nonneg_int, positive_float, positive_int
-from .chain import MarkovChainSampler
+from .chain import MarkovChainSampler, warn_if_frozen
 
 
 def leapfrog(theory, phi: torch.Tensor, p: torch.Tensor, eps: float, n_steps: int):
@@ -246,7 +246,7 @@ def _check_size(n_configs, settings: HMCSettings, theory, batch_size, device) ->
         raise ValueError(f"n_configs = {n_configs} is not a multiple of n_per_chain = {settings.n_per_chain}")
     itemsize = 8 if settings.dtype == "float64" else 4
     out_bytes = n_configs * theory.volume * itemsize
-    limit = _memory_limit()
+    limit = memory_limit()
     if out_bytes > limit:
         raise ValueError(f"{n_configs} configurations of {theory.volume} sites need {out_bytes / 2**30:.1f} GiB, "
                          f"more than this machine's {limit / 2**30:.1f} GiB; ask for fewer")
@@ -256,14 +256,6 @@ def _check_size(n_configs, settings: HMCSettings, theory, batch_size, device) ->
     if work > limit:
         raise ValueError(f"a batch of {batch} chains needs about {work / 2**30:.1f} GiB; pass a smaller batch_size")
     return n_chains
-
-
-def _memory_limit() -> int:
-    """Physical memory of this machine in bytes (a generous bound when unknown)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 2**40
 
 
 def hmc_ensemble(theory, n_configs: int, seed: int, settings: HMCSettings | None = None, *,
@@ -324,8 +316,6 @@ def hmc_ensemble(theory, n_configs: int, seed: int, settings: HMCSettings | None
     acceptance = accepted / (n_chains * settings.n_trajectories)
     info = {"sampler": "hmc", "protocol": "independent-chains", "settings": settings.to_dict(), "seed": seed,
             "acceptance": acceptance, "batch_size": batch_size}
-    from ..storage.ensembles import warn_if_frozen
-
     warn_if_frozen(acceptance, f"HMC at {theory.to_dict()}")
     return torch.cat(configs), info
 

@@ -9,8 +9,6 @@ Format: a NumPy ``.npz`` file with two entries, ``configs`` (float array ``(n, *
 from __future__ import annotations
 
 import json
-import math
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write, check_writable, lib_version
+from .files import atomic_write, check_writable, existing_file, lib_version
 
 FORMAT = "dmsq-ensemble-v2"
 # Earlier formats are still *read* (their configurations are valid data, e.g. for observables),
@@ -93,11 +91,7 @@ def load_ensemble(path, allow_nonfinite: bool = False) -> Ensemble:
     else: not an ensemble, metadata that is not a JSON object, configurations that are not a
     float array (n ≥ 1, *lattice), a count or shape that disagrees with the metadata, or NaN/inf
     configurations (unless ``allow_nonfinite``)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such ensemble file: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not an ensemble file")
+    path = existing_file(path, "ensemble file")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "configs" not in z.files or "metadata" not in z.files:
@@ -134,12 +128,4 @@ def load_ensemble(path, allow_nonfinite: bool = False) -> Ensemble:
     return Ensemble(configs, meta, path)
 
 
-def warn_if_frozen(acceptance: float, what: str = "chain", threshold: float = 0.01) -> None:
-    """Warn loudly when a Metropolis-type sampler (almost) never accepts: its output is its start."""
-    if not (isinstance(acceptance, float) and math.isfinite(acceptance)) or acceptance < threshold:
-        warnings.warn(f"{what}: acceptance {acceptance:.3g} is (near) zero; the output is essentially the "
-                      "starting configurations, not samples of the theory (step size too large? parameters "
-                      "outside the stable range?)", RuntimeWarning, stacklevel=2)
-
-
-__all__ = ["FORMAT", "Ensemble", "make_metadata", "save_ensemble", "load_ensemble", "warn_if_frozen"]
+__all__ = ["FORMAT", "Ensemble", "make_metadata", "save_ensemble", "load_ensemble"]

@@ -85,14 +85,21 @@ def save_checkpoint(obj, path, overwrite: bool = True) -> Path:
     return atomic_write(path, lambda fh: torch.save(obj, fh), overwrite=overwrite)
 
 
-def load_checkpoint_file(path, what: str = "checkpoint") -> dict:
-    """Read a file written by :func:`save_checkpoint` with ``weights_only=True``: no code in the
-    file can run. Any failure is a one-line ``ValueError`` (``FileNotFoundError`` if missing)."""
+def existing_file(path, what: str) -> Path:
+    """``path`` as a Path if it is an existing file; ``FileNotFoundError`` or a one-line
+    ``ValueError`` (a directory) otherwise."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such {what}: {path}")
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not a {what}")
+    return path
+
+
+def load_checkpoint_file(path, what: str = "checkpoint") -> dict:
+    """Read a file written by :func:`save_checkpoint` with ``weights_only=True``: no code in the
+    file can run. Any failure is a one-line ``ValueError`` (``FileNotFoundError`` if missing)."""
+    path = existing_file(path, what)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for a foreign or malicious pickle, EOFError, zip errors, ...
@@ -120,5 +127,5 @@ def _load_failure(exc: BaseException) -> str:
     return f"it cannot be read as a torch file (damaged, truncated or another kind of file: {first})"
 
 
-__all__ = ["lib_version", "content_hash", "check_writable", "atomic_write", "save_checkpoint",
+__all__ = ["lib_version", "content_hash", "check_writable", "atomic_write", "save_checkpoint", "existing_file",
            "load_checkpoint_file"]
