@@ -5,7 +5,9 @@
 #   make test      create .venv if needed, then run the whole test suite
 #   make sync      re-pair book/*.md (jupytext) with their .ipynb
 #   make execute CHAPTER=book/02_lattice_phi4_hmc.ipynb
-#                  re-execute one chapter in place at its default (full-scale) parameters
+#                  re-execute one chapter in place at its default (full-scale) parameters;
+#                  PARAMS='-p EPOCHS 40 -y "CHANNELS: [16, 32, 64, 128]"' runs it at other values
+#                  (papermill's flags; the chapter's scale table then lists what differs)
 #   make clean     remove build outputs (keeps .venv; `make distclean` removes it too)
 
 SHELL := /bin/bash
@@ -23,6 +25,7 @@ STAMP      := $(VENV)/.dmsq-installed
 CHAPTERS_MD := $(wildcard book/[0-9][0-9]_*.md)
 CHAPTER    ?=
 PYTEST_ARGS ?=
+PARAMS     ?=
 
 .PHONY: venv book test sync execute clean distclean
 
@@ -31,6 +34,8 @@ import sys, nbformat
 path = sys.argv[1]
 nb = nbformat.read(path, as_version=4)
 nb.metadata.pop("papermill", None)
+# the injected parameters are not kept: the chapter's scale table lists every value that differs
+nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
 for cell in nb.cells:
     for key in ("papermill", "execution"):
         cell.metadata.pop(key, None)
@@ -69,7 +74,7 @@ sync: $(STAMP)
 execute: $(STAMP)
 	@test -n "$(CHAPTER)" || { echo "usage: make execute CHAPTER=book/NN_name.ipynb"; exit 2; }
 	@# DMSQ_PROGRESS=none: no progress widgets stored in the notebook (they render as frozen bars)
-	cd $(dir $(CHAPTER)) && DMSQ_PROGRESS=none $(abspath $(VENV))/bin/papermill $(notdir $(CHAPTER)) $(notdir $(CHAPTER)) -k python3
+	cd $(dir $(CHAPTER)) && DMSQ_PROGRESS=none $(abspath $(VENV))/bin/papermill $(notdir $(CHAPTER)) $(notdir $(CHAPTER)) -k python3 $(PARAMS)
 	@# drop papermill's timing metadata so that the paired .md (and diffs) stay clean
 	$(PY) -c "$$STRIP_PAPERMILL" $(CHAPTER)
 	$(VENV)/bin/jupytext --sync $(CHAPTER)

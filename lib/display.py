@@ -54,7 +54,7 @@ def table(header, rows) -> None:
     display(Table(header, rows))
 
 
-def scale_report(run: dict, paper: dict, what: str = "the paper's") -> bool:
+def scale_report(run: dict, paper: dict, what: str = "the paper's", header: str | None = None) -> bool:
     """Show which parameters of this run differ from ``paper`` (a table) and say plainly whether
     the outputs below come from a run at full scale. Returns True at full scale."""
     from IPython.display import HTML, display
@@ -66,5 +66,28 @@ def scale_report(run: dict, paper: dict, what: str = "the paper's") -> bool:
     display(HTML("<p><b>Reduced-scale run.</b> The outputs on this page come from the settings in the "
                  f"middle column, not {what} (right column); rerun the chapter with the default "
                  "parameters on a GPU for the full-scale result.</p>"))
-    table(["parameter", "this run", f"{what} scale"], [[k, repr(a), repr(b)] for k, a, b in diff])
+    table(["parameter", "this run", header or f"{what} scale"], [[k, repr(a), repr(b)] for k, a, b in diff])
     return False
+
+
+GLUE_PREFIX = "application/papermill.record/"
+
+
+def glue(name: str, value, fmt: str = "") -> None:
+    """Store a computed value under ``name`` for the prose, where ``{glue:text}`name``` shows it
+    (the myst-nb glue protocol, written here so that a chapter runs without myst-nb, e.g. on
+    Colab): numbers and verdicts in the text then come from the cell that computed them. The
+    value is shown as ``format(value, fmt)`` (strings as they are); nothing is displayed in the
+    notebook (and nothing is returned, so a cell ending in glue shows no result)."""
+    from IPython.display import display
+
+    text = value if isinstance(value, str) else format(value, fmt)
+    # stored as a Python string literal: myst-nb literal_evals the text, which would turn "0.960"
+    # into the number 0.96
+    display({GLUE_PREFIX + "text/plain": repr(text)}, raw=True,
+            metadata={"scrapbook": {"name": str(name), "mime_prefix": GLUE_PREFIX}})
+
+
+def verdict(ok: bool, met: str = "met", failed: str = "not met") -> str:
+    """The one-word verdict of a requirement, decided by a cell from the numbers."""
+    return met if ok else failed

@@ -70,6 +70,13 @@ CI_PARAMETERS: dict[str, dict] = {
         "GEN_BATCH": 16, "TRAIN_SIZES": [32, 64], "N_GEN_SIZES": 16, "N_GEN_SYMMETRY": 16, "N_GEN_ZERO_MODE": 16, "L_BIG": 16,
         "BIG_CHAINS": 8, "BIG_PER_CHAIN": 2, "BIG_SPACING": 2, "N_GEN_BIG": 8,
     },
+    "08_likelihood": {
+        "L": 8, "N_TRAIN": 64, "N_TEST": 32, "N_BURNIN": 10, "N_SPACING": 4, "CHANNELS": [8, 8, 8, 8], "EPOCHS": 1,
+        "N_EM_STEPS": 20, "GEN_BATCH": 16, "N_LIK": 16, "LIK_RTOL": 1e-3, "LIK_BATCH": 16, "N_REPEAT": 8,
+        "REPEAT_SEEDS": [6], "TRACE_LS": [8], "N_TRACE_CONFIGS": [4], "N_POINTS": 2, "TRACE_TIMES": [0.1, 1.0],
+        "PROBE_COUNTS": [1, 4], "N_PROBE_DRAWS": 4, "FREE_LS": [8], "FREE_RTOLS": [1e-3, 1e-4], "N_FREE": 8,
+        "EM_STEPS_SCAN": [50, 100],
+    },
 }
 
 # Wall-clock limit for one chapter under papermill, in seconds.
@@ -149,6 +156,19 @@ def test_paired_notebook_agrees(md):
         assert x == y, (f"{md.name} and {ipynb.name} differ at cell {i} ({x[0]} vs {y[0]}):\n"
                         f"--- .md\n{x[1][:400]}\n--- .ipynb\n{y[1][:400]}\n{SYNC_HINT}")
     assert len(a) == len(b), f"{md.name} has {len(a)} cells, {ipynb.name} has {len(b)}; {SYNC_HINT}"
+
+
+@chapter
+def test_every_glued_value_in_the_prose_is_computed_by_a_cell(md):
+    """Numbers in the prose come from cells through glue: every `{glue:text}`key`` the text uses must
+    be stored by a cell of the committed notebook (otherwise the book shows nothing there)."""
+    keys = set(re.findall(r"\{glue(?::[a-z]+)?\}`([^`:]+)", md.read_text()))
+    nb = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
+    glued = {o["metadata"]["scrapbook"]["name"] for c in nb.cells if c.cell_type == "code"
+             for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}
+    missing = sorted(keys - glued)
+    assert not missing, (f"{md.name} uses glued values that no cell of {md.with_suffix('.ipynb').name} stores: "
+                         f"{missing}; execute the chapter (make execute) and commit it")
 
 
 @chapter

@@ -1,6 +1,5 @@
 """Lattice φ⁴ (paper eqs. 4.2–4.4): action, drift, symmetries, parameter checks and the exact free field."""
 import itertools
-import math
 
 import numpy as np
 import pytest

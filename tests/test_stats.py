@@ -183,7 +183,7 @@ def test_cumulants_of_two_gaussian_mixture_are_exact():
 
 def test_site_cumulants_of_mixture_samples():
     rng = np.random.default_rng(12)
-    n_conf, V = 2000, 16
+    n_conf = 2000
     x = rng.choice([-1.0, 1.0], size=(n_conf, 4, 4)) + 0.25 * rng.standard_normal((n_conf, 4, 4))
     res = obs.site_cumulants(x)
     exact = {2: 1.0625, 4: -2.0, 6: 16.0, 8: -272.0}

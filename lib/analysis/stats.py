@@ -42,6 +42,35 @@ def jackknife(f, data, n_blocks: int | None = None):
     return full, float(err)
 
 
+def linear_fit(x, y, n_blocks: int | None = None) -> dict:
+    r"""Least-squares line y ≈ a x + b and the coefficient of determination R² (the squared
+    correlation of x and y), each with its jackknife error (pairs (x_i, y_i) left out together,
+    the whole fit redone per sample):
+
+    .. math:: a = \frac{\mathrm{cov}(x,y)}{\mathrm{var}\,x},\qquad b = \bar y - a\bar x,\qquad
+              R^2 = \frac{\mathrm{cov}(x,y)^2}{\mathrm{var}\,x\,\mathrm{var}\,y}.
+
+    Returns ``{"slope": (a, σ_a), "intercept": (b, σ_b), "r2": (R², σ_R²), "residual_std": s}``."""
+    data = np.column_stack([np.asarray(x, dtype=float), np.asarray(y, dtype=float)])
+    if data.shape[0] < 3 or not np.isfinite(data).all():
+        raise ValueError("linear_fit needs at least three finite (x, y) pairs")
+
+    def slope(d):
+        c = np.cov(d[:, 0], d[:, 1])
+        return c[0, 1] / c[0, 0]
+
+    def intercept(d):
+        return d[:, 1].mean() - slope(d) * d[:, 0].mean()
+
+    def r2(d):
+        return np.corrcoef(d[:, 0], d[:, 1])[0, 1] ** 2
+
+    a = slope(data)
+    resid = data[:, 1] - a * data[:, 0] - intercept(data)
+    return {"slope": jackknife(slope, data, n_blocks), "intercept": jackknife(intercept, data, n_blocks),
+            "r2": jackknife(r2, data, n_blocks), "residual_std": float(resid.std(ddof=2))}
+
+
 @dataclass
 class Autocorrelation:
     """Result of a Γ-method analysis of one time series."""

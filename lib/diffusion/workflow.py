@@ -21,12 +21,16 @@ from ..settings import positive_int
 from ..storage.cache import cache_dir as _cache_dir
 from ..storage.cache import cache_lock, cached_ensemble, move_aside, request_key, shown
 from ..storage.ensembles import make_metadata
-from ..storage.files import content_hash, lib_version, load_checkpoint_file, save_checkpoint
+from ..storage.files import array_hash, content_hash, lib_version, load_checkpoint_file, save_checkpoint
+from .likelihood import LikelihoodResult, LikelihoodSettings, log_likelihood
+from .paths import PathSettings, path_sample
 from .networks import LatticeUNet, MLPScore, build_score_model
 from .samplers import SampleSettings, prior_sample, sample
 from .training import Normaliser, Trainer, TrainSettings, load_checkpoint, load_model, save_epoch_seconds
 
 STREAM_DOMAIN = "dm"
+PROBE_DOMAIN = "dm-likelihood-probes"
+PATH_DOMAIN = "dm-path"
 
 
 def default_model(sde, lattice_shape, channels=(32, 64, 128, 256), strides=(1, 2, 2, 2), odd=False,
@@ -309,6 +313,13 @@ def _train_or_load(path, request, ensemble, model_config, settings, n_train, see
     return model, state, path
 
 
+def _model_request(state: dict) -> dict:
+    """What identifies a checkpoint's model in a derived result's request: its own cache request,
+    or, for a checkpoint trained by hand, its epoch, settings, seed and architecture."""
+    return state["metadata"].get("request") or {"checkpoint_epoch": state["epoch"], "settings": state["settings"],
+                                                "seed": state["seed"], "model": state["model_config"]}
+
+
 def dm_request(state: dict, n: int, seed: int, settings: SampleSettings, shape) -> dict:
     """The cache request of a generated ensemble: the model's request, the sampling settings'
     key, the lattice, the size and the seed (not the batch size, not the device)."""
@@ -316,8 +327,7 @@ def dm_request(state: dict, n: int, seed: int, settings: SampleSettings, shape) 
     theory = dict(meta_in.get("training_ensemble", {}).get("theory") or {"name": "field"})
     if "L" in theory:
         theory["L"] = int(shape[0])
-    model_request = meta_in.get("request") or {"checkpoint_epoch": state["epoch"], "settings": state["settings"],
-                                               "seed": state["seed"], "model": state["model_config"]}
+    model_request = _model_request(state)
     request = make_metadata(theory, "dm", settings, seed, n_configs=int(n), model=content_hash(model_request),
                             lattice_shape=list(shape))
     request["settings"] = settings.key()
@@ -378,6 +388,207 @@ def _load_partial(partial: Path, request: dict) -> list:
         move_aside(partial, "not a partial ensemble of this request")
         return []
     return list(saved["configs"])
+
+
+# ---------------------------------------------------------------------------- likelihood of configurations
+def model_log_likelihood(model, configs, seed: int, settings: LikelihoodSettings | None = None, *,
+                         normaliser: dict | None = None, batch_size: int = 64, device=None, first: int = 0,
+                         progress_bar: bool = True, on_batch=None, **overrides) -> LikelihoodResult:
+    r"""log q(φ) of physical configurations ``configs`` (n, *lattice) under a trained model, by the
+    probability-flow ODE (:func:`lib.diffusion.likelihood.log_likelihood`, paper eq. 3.15) with
+    ``settings`` (:class:`LikelihoodSettings`; keyword arguments override single settings).
+
+    The network sees y = aφ + b (``normaliser``, as stored in the checkpoint), so the density of the
+    physical field carries the Jacobian of that map:
+
+    .. math:: \log q_φ(φ) = \log q_y(aφ + b) + V \log a .
+
+    Configuration i's Hutchinson probes come from its own stream (seed, ``first`` + i). The
+    adaptive solver takes one step size for a batch, so log q changes with the batch composition
+    at the level of the solver tolerance (not bitwise). ``on_batch(start, log_q, nfe)`` is called
+    after every batch. Returns a :class:`LikelihoodResult` with log_q (float64, CPU, nats), the
+    encoded x_T (network units) and the total number of network evaluations per configuration
+    summed over batches (``nfe``; per batch in ``nfe_per_batch``).
+    """
+    settings = LikelihoodSettings.build(settings, **overrides)
+    seed = check_seed(seed)
+    positive_int("batch_size", batch_size)
+    device = resolve_device(device)
+    x = torch.as_tensor(configs)
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"configs must have shape (n >= 1, *lattice), got {tuple(x.shape)}")
+    model = model.to(device).eval()
+    dtype = next(model.parameters()).dtype
+    norm = Normaliser.from_dict(normaliser) if normaliser else Normaliser("none")
+    jacobian = math.prod(x.shape[1:]) * math.log(norm.a)
+    starts = list(range(0, x.shape[0], batch_size))
+    log_q, x_T, nfes = [], [], []
+    for start in progress(starts, desc="log q", disable=not progress_bar or len(starts) == 1):
+        y = norm.forward(x[start:start + batch_size].to(device=device, dtype=torch.float64)).to(dtype)
+        streams = SampleStreams(PROBE_DOMAIN, seed, first + start, y.shape[0], device)
+        res = log_likelihood(model, model.sde, y, eps=settings.eps, n_probes=settings.n_probes, generator=streams,
+                             rtol=settings.rtol, atol=settings.atol, method=settings.method, trace=settings.trace,
+                             probe=settings.probe)
+        lq = res.log_q.double().cpu() + jacobian
+        log_q.append(lq), x_T.append(res.x_T.cpu()), nfes.append(res.nfe)
+        if on_batch is not None:
+            on_batch(start, lq, res.nfe)
+    result = LikelihoodResult(torch.cat(log_q), torch.cat(x_T), sum(nfes))
+    result.nfe_per_batch = nfes
+    return result
+
+
+def cached_log_likelihood(checkpoint, configs, seed: int, settings: LikelihoodSettings | None = None, *,
+                          batch_size: int = 64, device=None, cache_dir=None, progress_bar: bool = True,
+                          verbose: bool = True, **overrides) -> np.ndarray:
+    """:func:`model_log_likelihood` of ``configs`` under the model in ``checkpoint``, or the cached
+    result of exactly this request: the model's request, the configurations' content hash, the
+    likelihood settings' key and the seed (not the batch size, not the device). Finished batches
+    are kept next to the cache file, so an interrupted run resumes. Returns an array (n, 2):
+    log q in nats and the network evaluations of the batch each configuration was in."""
+    settings = LikelihoodSettings.build(settings, **overrides)
+    seed = check_seed(seed)
+    model, state = load_model(checkpoint, device=device, ema=settings.ema)
+    x = torch.as_tensor(configs).double()
+    shape = check_lattice(model, state["metadata"], tuple(x.shape[1:]))
+    theory = dict(state["metadata"].get("training_ensemble", {}).get("theory") or {"name": "field"})
+    if "L" in theory:
+        theory["L"] = int(shape[0])
+    meta_in = state["metadata"]
+    model_request = _model_request(state)
+    # stored as an "ensemble" of rows (log q, nfe); the theory of the configurations is kept aside
+    request = make_metadata({"name": "loglik"}, "dm", settings, seed, n_configs=int(x.shape[0]),
+                            model=content_hash(model_request), configs=array_hash(x), columns=["log_q", "nfe"],
+                            config_theory=theory)
+    request["settings"] = settings.key()
+    cache = _cache_dir(cache_dir)
+    partial = cache / f"loglik-partial-{request_key(request)}.pt"
+
+    def make():
+        done = _load_partial(partial, request)
+        count = sum(len(r) for r in done)
+
+        def keep(start, lq, nfe):
+            done.append(torch.stack([lq, torch.full_like(lq, float(nfe))], 1))
+            save_checkpoint({"request": request, "configs": done}, partial)
+
+        if count < len(x):
+            model_log_likelihood(model, x[count:], seed, settings, normaliser=meta_in.get("normaliser"),
+                                 batch_size=batch_size, device=device, first=count, progress_bar=progress_bar,
+                                 on_batch=keep)
+        return torch.cat(done), {"device": str(resolve_device(device))}
+
+    out = cached_ensemble(request, make, cache_dir=cache, verbose=False)
+    if partial.exists():
+        partial.unlink()
+    if verbose:
+        print(f"log q of {len(x)} configurations ({settings.trace} trace"
+              f"{'' if settings.trace == 'exact' else f', {settings.n_probes} {settings.probe} probes'}, "
+              f"rtol {settings.rtol:g}): {shown(out.path)}")
+    return out.configs
+
+
+# ---------------------------------------------------------------------------- path-space proposals (DM-MC)
+def data_spectrum(configs, normaliser: dict | None = None) -> torch.Tensor:
+    """The power spectrum C(p) = ⟨|ỹ(p)|²⟩/V of an ensemble in the network's units y = aφ + b
+    (:meth:`lib.theories.GaussianField.fit`): the per-mode scale of the path kernels."""
+    from ..theories import GaussianField
+
+    norm = Normaliser.from_dict(normaliser) if normaliser else Normaliser("none")
+    return GaussianField.fit(norm.forward(torch.as_tensor(configs, dtype=torch.float64))).spectrum
+
+
+def dm_path_proposals(model, n: int, seed: int, settings: PathSettings | None = None, *, theory, spectrum,
+                      normaliser: dict | None = None, batch_size: int = 256, device=None, first: int = 0,
+                      progress_bar: bool = True, on_batch=None, **overrides):
+    r"""Proposals ``first, …, first + n − 1`` for DM-MC with exact path-space weights
+    (:mod:`lib.diffusion.paths`): configurations φ (physical, float64, CPU) and
+
+    .. math:: \log W = -S(φ) - V\log a + \sum_k \log F - \log π - \sum_k \log Q
+
+    (log p of the field in network units y = aφ + b, up to −log Z), so that the independence
+    chain :func:`lib.mcmc.independence_chain` ``(log_w, 0)`` is exact for e^{−S}. Path i draws
+    from its own stream (seed, i). ``on_batch(start, configs, log_w)`` after every batch.
+    Returns ``(configs, log_w, nfe_per_proposal)``."""
+    settings = PathSettings.build(settings, **overrides)
+    seed = check_seed(seed)
+    positive_int("n", n)
+    positive_int("batch_size", batch_size)
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    dtype = next(model.parameters()).dtype
+    shape = tuple(theory.lattice_shape)
+    norm = Normaliser.from_dict(normaliser) if normaliser else Normaliser("none")
+    jacobian = math.prod(shape) * math.log(norm.a)
+    out, weights, nfe = [], [], 0
+    starts = list(range(first, first + n, batch_size))
+    for start in progress(starts, desc="DM-MC proposals", disable=not progress_bar or len(starts) == 1):
+        nb = min(batch_size, first + n - start)
+        streams = SampleStreams(PATH_DOMAIN, seed, start, nb, device)
+        res = path_sample(model, model.sde, (nb, *shape), settings, spectrum=spectrum, noise=streams, device=device,
+                          dtype=dtype, progress_bar=progress_bar and len(starts) == 1)
+        phi = norm.inverse(res.x)
+        log_w = (-theory.action(phi) - jacobian + res.log_path).cpu()
+        out.append(phi.cpu()), weights.append(log_w)
+        nfe = res.nfe
+        if on_batch is not None:
+            on_batch(start, phi.cpu(), log_w)
+    return torch.cat(out), torch.cat(weights), nfe
+
+
+def cached_dm_path_proposals(checkpoint, n: int, seed: int, settings: PathSettings | None = None, *, theory,
+                             spectrum, batch_size: int = 256, device=None, cache_dir=None, progress_bar: bool = True,
+                             verbose: bool = True, **overrides):
+    """:func:`dm_path_proposals` from a checkpoint, or the cached result of exactly this request:
+    the model's request, the target theory, the path settings' key, the spectrum's content hash,
+    n and the seed (not the batch size, not the device). Finished batches are kept, so an
+    interrupted run resumes. Returns an :class:`lib.storage.Ensemble` whose metadata holds the
+    log weights (``metadata["log_weight"]``) and the network evaluations per proposal."""
+    settings = PathSettings.build(settings, **overrides)
+    seed = check_seed(seed)
+    positive_int("n", n)
+    model, state = load_model(checkpoint, device=device, ema=settings.ema)
+    shape = check_lattice(model, state["metadata"], tuple(theory.lattice_shape))
+    meta_in = state["metadata"]
+    model_request = _model_request(state)
+    spectrum = torch.as_tensor(spectrum, dtype=torch.float64)
+    request = make_metadata(theory, "dm-path", settings, seed, n_configs=int(n), model=content_hash(model_request),
+                            spectrum=array_hash(spectrum), lattice_shape=list(shape))
+    request["settings"] = settings.key()
+    cache = _cache_dir(cache_dir)
+    partial = cache / f"dm-path-partial-{request_key(request)}.pt"
+
+    def make():
+        done = _load_partial(partial, request)
+        count = sum(len(x) for x in done)
+        weights = list(_partial_weights(partial, request)) if count else []
+
+        def keep(start, phi, log_w):
+            done.append(phi), weights.append(log_w)
+            save_checkpoint({"request": request, "configs": done, "log_weight": weights}, partial)
+
+        nfe = settings.n_steps
+        if count < n:
+            _, _, nfe = dm_path_proposals(model, n - count, seed, settings, theory=theory, spectrum=spectrum,
+                                          normaliser=meta_in.get("normaliser"), batch_size=batch_size, device=device,
+                                          first=count, progress_bar=progress_bar, on_batch=keep)
+        log_w = torch.cat(weights)[:n]
+        if not bool(torch.isfinite(log_w).all()):
+            raise ValueError("some proposals have a non-finite log weight; the network's output is not finite")
+        return torch.cat(done)[:n], {"log_weight": [float(v) for v in log_w], "nfe_per_proposal": int(nfe),
+                                     "device": str(resolve_device(device))}
+
+    ens = cached_ensemble(request, make, cache_dir=cache, verbose=verbose)
+    if partial.exists():
+        partial.unlink()
+    return ens
+
+
+def _partial_weights(partial: Path, request: dict) -> list:
+    saved = load_checkpoint_file(partial, "partial proposals")
+    if saved.get("request") != request or len(saved.get("log_weight", [])) != len(saved.get("configs", [])):
+        raise ValueError(f"{partial} does not hold the log weights of its proposals; remove it by hand")
+    return saved["log_weight"]
 
 
 @torch.no_grad()

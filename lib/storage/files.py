@@ -32,6 +32,18 @@ def content_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def array_hash(arr) -> str:
+    """16 hex digits of the SHA-256 of an array's shape and float64 bytes: the identity of a set of
+    configurations in a cache request (names the data a derived result was computed from)."""
+    import numpy as np
+
+    a = np.ascontiguousarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr),
+                             dtype=np.float64)
+    h = hashlib.sha256(json.dumps(list(a.shape)).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 def check_writable(path, suffix: str | None = None, overwrite: bool = False) -> Path:
     """Refuse, before any computation, an output path that cannot be written: a wrong suffix, a
     missing or unwritable directory, a directory in its place, or an existing file without
