@@ -77,6 +77,13 @@ CI_PARAMETERS: dict[str, dict] = {
         "PROBE_COUNTS": [1, 4], "N_PROBE_DRAWS": 4, "FREE_LS": [8], "FREE_RTOLS": [1e-3, 1e-4], "N_FREE": 8,
         "EM_STEPS_SCAN": [50, 100],
     },
+    "09_dm_mc": {
+        "L": 8, "N_TRAIN": 64, "N_TEST": 32, "N_BURNIN": 10, "N_SPACING": 4, "CHANNELS": [8, 8, 8, 8], "EPOCHS": 1,
+        "N_PROPOSALS": 64, "N_PROPOSALS_EM": 32, "N_EM_STEPS": 20, "LIK_RTOL": 1e-3, "N_PROBES": 2, "PATH_STEPS": 10, "GEN_BATCH": 64,
+        "LIK_BATCH": 64, "N_CHAINS": 4, "N_THERM": 20, "N_MEASURE": 200, "CHAIN_BLOCKS": 8, "FREE_L": 8,
+        "N_FREE": 2000, "FREE_EM_STEPS": [20, 100], "FREE_PATH_STEPS": [2, 10], "SCAN_KAPPAS": [0.21],
+        "SCAN_LS": [8], "SCAN_EPOCHS": [1, 2], "N_SCAN": 32, "N_SCAN_LIK": 8,
+    },
 }
 
 # Wall-clock limit for one chapter under papermill, in seconds.
