@@ -13,15 +13,16 @@ from .sde import VESDE, VPSDE, make_sde, sde_from_dict
 from .training import EMA, Normaliser, Trainer, TrainSettings, load_checkpoint, load_model
 from .paths import PathSettings, path_sample
 from .workflow import (cached_dm_ensemble, cached_dm_path_proposals, cached_log_likelihood, cached_score_model,
-                       check_lattice, data_spectrum, default_model, dm_path_proposals, effective_action, generate, model_log_likelihood, score_model_request, site_variance, train_score_model,
-                       tweedie_denoise, zero_mode_scale)
+                       check_lattice, data_spectrum, default_model, dm_path_proposals, effective_action, generate,
+                       model_log_likelihood, score_model_request, site_variance, train_score_model, tweedie_denoise,
+                       zero_mode_scale)
 
 __all__ = ["likelihood", "loss", "networks", "paths", "samplers", "sde", "training", "workflow", "LikelihoodResult",
-           "LikelihoodSettings", "ODESample", "ode_sample_with_density", "PathSettings", "path_sample", "cached_dm_path_proposals", "data_spectrum",
-           "dm_path_proposals", "log_likelihood", "cached_log_likelihood", "model_log_likelihood", "dsm_loss", "LatticeUNet", "MLPScore", "build_score_model", "SAMPLERS", "SampleResult",
-           "SampleSettings", "SamplerFailed", "euler_maruyama", "predictor_corrector", "probability_flow", "VESDE",
-           "VPSDE", "make_sde", "sde_from_dict", "EMA", "Normaliser", "Trainer", "TrainSettings", "load_checkpoint",
-           "load_model", "cached_dm_ensemble", "cached_score_model", "check_lattice", "default_model",
-           "effective_action", "generate", "score_model_request", "site_variance",
-           "train_score_model",
-           "tweedie_denoise", "zero_mode_scale"]
+           "LikelihoodSettings", "ODESample", "ode_sample_with_density", "PathSettings", "path_sample",
+           "cached_dm_path_proposals", "data_spectrum", "dm_path_proposals", "log_likelihood",
+           "cached_log_likelihood", "model_log_likelihood", "dsm_loss", "LatticeUNet", "MLPScore",
+           "build_score_model", "SAMPLERS", "SampleResult", "SampleSettings", "SamplerFailed", "euler_maruyama",
+           "predictor_corrector", "probability_flow", "VESDE", "VPSDE", "make_sde", "sde_from_dict", "EMA",
+           "Normaliser", "Trainer", "TrainSettings", "load_checkpoint", "load_model", "cached_dm_ensemble",
+           "cached_score_model", "check_lattice", "default_model", "effective_action", "generate",
+           "score_model_request", "site_variance", "train_score_model", "tweedie_denoise", "zero_mode_scale"]

@@ -320,18 +320,29 @@ def _model_request(state: dict) -> dict:
                                                 "seed": state["seed"], "model": state["model_config"]}
 
 
+def _trained_theory(state: dict, shape) -> dict:
+    """The theory a checkpoint's model was trained on, with L set to the lattice ``shape``."""
+    theory = dict(state["metadata"].get("training_ensemble", {}).get("theory") or {"name": "field"})
+    if "L" in theory:
+        theory["L"] = int(shape[0])
+    return theory
+
+
+def _derived_request(state: dict, theory: dict, sampler: str, settings, seed: int, **extra) -> dict:
+    """The cache request of a result derived from a checkpoint's model (generated ensembles,
+    log-likelihoods, DM-MC proposals): the model's request hash, the stage's settings key, the
+    seed and ``extra`` (size, data hashes, lattice); never the batch size or the device."""
+    request = make_metadata(theory, sampler, settings, seed, model=content_hash(_model_request(state)), **extra)
+    request["settings"] = settings.key()
+    return request
+
+
 def dm_request(state: dict, n: int, seed: int, settings: SampleSettings, shape) -> dict:
     """The cache request of a generated ensemble: the model's request, the sampling settings'
     key, the lattice, the size and the seed (not the batch size, not the device)."""
-    meta_in = state["metadata"]
-    theory = dict(meta_in.get("training_ensemble", {}).get("theory") or {"name": "field"})
-    if "L" in theory:
-        theory["L"] = int(shape[0])
-    model_request = _model_request(state)
-    request = make_metadata(theory, "dm", settings, seed, n_configs=int(n), model=content_hash(model_request),
-                            lattice_shape=list(shape))
-    request["settings"] = settings.key()
-    return request, model_request
+    request = _derived_request(state, _trained_theory(state, shape), "dm", settings, seed, n_configs=int(n),
+                               lattice_shape=list(shape))
+    return request, _model_request(state)
 
 
 def cached_dm_ensemble(checkpoint, n: int, seed: int, settings: SampleSettings | None = None, *, lattice_shape=None,
@@ -355,7 +366,7 @@ def cached_dm_ensemble(checkpoint, n: int, seed: int, settings: SampleSettings |
     partial = cache / f"dm-partial-{request_key(request)}.pt"
 
     def make():
-        done = _load_partial(partial, request)
+        done = _load_partial(partial, request)["configs"]
         count = sum(len(x) for x in done)
 
         def keep(start, x):
@@ -374,20 +385,25 @@ def cached_dm_ensemble(checkpoint, n: int, seed: int, settings: SampleSettings |
     return ens
 
 
-def _load_partial(partial: Path, request: dict) -> list:
-    """The batches generated so far for ``request`` (a damaged or foreign file is moved aside)."""
+def _load_partial(partial: Path, request: dict, keys=("configs",)) -> dict:
+    """The batches made so far for ``request``: ``{key: list of tensors}`` for each of ``keys``,
+    one entry per finished batch (empty lists if there is no partial file; a damaged or foreign
+    file, or one whose lists are not finite tensors of one length, is moved aside)."""
+    empty = {k: [] for k in keys}
     if not partial.exists():
-        return []
+        return empty
     try:
         saved = load_checkpoint_file(partial, "partial ensemble")
-        ok = (isinstance(saved, dict) and saved.get("request") == request and isinstance(saved.get("configs"), list)
-              and all(isinstance(x, torch.Tensor) and bool(torch.isfinite(x).all()) for x in saved["configs"]))
+        ok = (isinstance(saved, dict) and saved.get("request") == request
+              and all(isinstance(saved.get(k), list) for k in keys)
+              and len({len(saved[k]) for k in keys}) == 1
+              and all(isinstance(x, torch.Tensor) and bool(torch.isfinite(x).all()) for k in keys for x in saved[k]))
     except ValueError as exc:
         ok, saved = False, str(exc)
     if not ok:
         move_aside(partial, "not a partial ensemble of this request")
-        return []
-    return list(saved["configs"])
+        return empty
+    return {k: list(saved[k]) for k in keys}
 
 
 # ---------------------------------------------------------------------------- likelihood of configurations
@@ -407,8 +423,7 @@ def model_log_likelihood(model, configs, seed: int, settings: LikelihoodSettings
     adaptive solver takes one step size for a batch, so log q changes with the batch composition
     at the level of the solver tolerance (not bitwise). ``on_batch(start, log_q, nfe)`` is called
     after every batch. Returns a :class:`LikelihoodResult` with log_q (float64, CPU, nats), the
-    encoded x_T (network units) and the total number of network evaluations per configuration
-    summed over batches (``nfe``; per batch in ``nfe_per_batch``).
+    encoded x_T (network units) and the solver's right-hand-side evaluations summed over batches.
     """
     settings = LikelihoodSettings.build(settings, **overrides)
     seed = check_seed(seed)
@@ -433,9 +448,7 @@ def model_log_likelihood(model, configs, seed: int, settings: LikelihoodSettings
         log_q.append(lq), x_T.append(res.x_T.cpu()), nfes.append(res.nfe)
         if on_batch is not None:
             on_batch(start, lq, res.nfe)
-    result = LikelihoodResult(torch.cat(log_q), torch.cat(x_T), sum(nfes))
-    result.nfe_per_batch = nfes
-    return result
+    return LikelihoodResult(torch.cat(log_q), torch.cat(x_T), sum(nfes))
 
 
 def cached_log_likelihood(checkpoint, configs, seed: int, settings: LikelihoodSettings | None = None, *,
@@ -451,21 +464,15 @@ def cached_log_likelihood(checkpoint, configs, seed: int, settings: LikelihoodSe
     model, state = load_model(checkpoint, device=device, ema=settings.ema)
     x = torch.as_tensor(configs).double()
     shape = check_lattice(model, state["metadata"], tuple(x.shape[1:]))
-    theory = dict(state["metadata"].get("training_ensemble", {}).get("theory") or {"name": "field"})
-    if "L" in theory:
-        theory["L"] = int(shape[0])
-    meta_in = state["metadata"]
-    model_request = _model_request(state)
     # stored as an "ensemble" of rows (log q, nfe); the theory of the configurations is kept aside
-    request = make_metadata({"name": "loglik"}, "dm", settings, seed, n_configs=int(x.shape[0]),
-                            model=content_hash(model_request), configs=array_hash(x), columns=["log_q", "nfe"],
-                            config_theory=theory)
-    request["settings"] = settings.key()
+    request = _derived_request(state, {"name": "loglik"}, "dm", settings, seed, n_configs=int(x.shape[0]),
+                               configs=array_hash(x), columns=["log_q", "nfe"],
+                               config_theory=_trained_theory(state, shape))
     cache = _cache_dir(cache_dir)
     partial = cache / f"loglik-partial-{request_key(request)}.pt"
 
     def make():
-        done = _load_partial(partial, request)
+        done = _load_partial(partial, request)["configs"]
         count = sum(len(r) for r in done)
 
         def keep(start, lq, nfe):
@@ -473,7 +480,7 @@ def cached_log_likelihood(checkpoint, configs, seed: int, settings: LikelihoodSe
             save_checkpoint({"request": request, "configs": done}, partial)
 
         if count < len(x):
-            model_log_likelihood(model, x[count:], seed, settings, normaliser=meta_in.get("normaliser"),
+            model_log_likelihood(model, x[count:], seed, settings, normaliser=state["metadata"].get("normaliser"),
                                  batch_size=batch_size, device=device, first=count, progress_bar=progress_bar,
                                  on_batch=keep)
         return torch.cat(done), {"device": str(resolve_device(device))}
@@ -508,8 +515,8 @@ def dm_path_proposals(model, n: int, seed: int, settings: PathSettings | None = 
 
     (log p of the field in network units y = aφ + b, up to −log Z), so that the independence
     chain :func:`lib.mcmc.independence_chain` ``(log_w, 0)`` is exact for e^{−S}. Path i draws
-    from its own stream (seed, i). ``on_batch(start, configs, log_w)`` after every batch.
-    Returns ``(configs, log_w, nfe_per_proposal)``."""
+    from its own stream (seed, i) and costs ``settings.n_steps`` network evaluations.
+    ``on_batch(start, configs, log_w)`` after every batch. Returns ``(configs, log_w)``."""
     settings = PathSettings.build(settings, **overrides)
     seed = check_seed(seed)
     positive_int("n", n)
@@ -520,7 +527,7 @@ def dm_path_proposals(model, n: int, seed: int, settings: PathSettings | None = 
     shape = tuple(theory.lattice_shape)
     norm = Normaliser.from_dict(normaliser) if normaliser else Normaliser("none")
     jacobian = math.prod(shape) * math.log(norm.a)
-    out, weights, nfe = [], [], 0
+    out, weights = [], []
     starts = list(range(first, first + n, batch_size))
     for start in progress(starts, desc="DM-MC proposals", disable=not progress_bar or len(starts) == 1):
         nb = min(batch_size, first + n - start)
@@ -530,10 +537,9 @@ def dm_path_proposals(model, n: int, seed: int, settings: PathSettings | None = 
         phi = norm.inverse(res.x)
         log_w = (-theory.action(phi) - jacobian + res.log_path).cpu()
         out.append(phi.cpu()), weights.append(log_w)
-        nfe = res.nfe
         if on_batch is not None:
             on_batch(start, phi.cpu(), log_w)
-    return torch.cat(out), torch.cat(weights), nfe
+    return torch.cat(out), torch.cat(weights)
 
 
 def cached_dm_path_proposals(checkpoint, n: int, seed: int, settings: PathSettings | None = None, *, theory,
@@ -549,46 +555,35 @@ def cached_dm_path_proposals(checkpoint, n: int, seed: int, settings: PathSettin
     positive_int("n", n)
     model, state = load_model(checkpoint, device=device, ema=settings.ema)
     shape = check_lattice(model, state["metadata"], tuple(theory.lattice_shape))
-    meta_in = state["metadata"]
-    model_request = _model_request(state)
     spectrum = torch.as_tensor(spectrum, dtype=torch.float64)
-    request = make_metadata(theory, "dm-path", settings, seed, n_configs=int(n), model=content_hash(model_request),
-                            spectrum=array_hash(spectrum), lattice_shape=list(shape))
-    request["settings"] = settings.key()
+    request = _derived_request(state, theory.to_dict(), "dm-path", settings, seed, n_configs=int(n),
+                               spectrum=array_hash(spectrum), lattice_shape=list(shape))
     cache = _cache_dir(cache_dir)
     partial = cache / f"dm-path-partial-{request_key(request)}.pt"
 
     def make():
-        done = _load_partial(partial, request)
+        saved = _load_partial(partial, request, ("configs", "log_weight"))
+        done, weights = saved["configs"], saved["log_weight"]
         count = sum(len(x) for x in done)
-        weights = list(_partial_weights(partial, request)) if count else []
 
         def keep(start, phi, log_w):
             done.append(phi), weights.append(log_w)
             save_checkpoint({"request": request, "configs": done, "log_weight": weights}, partial)
 
-        nfe = settings.n_steps
         if count < n:
-            _, _, nfe = dm_path_proposals(model, n - count, seed, settings, theory=theory, spectrum=spectrum,
-                                          normaliser=meta_in.get("normaliser"), batch_size=batch_size, device=device,
-                                          first=count, progress_bar=progress_bar, on_batch=keep)
+            dm_path_proposals(model, n - count, seed, settings, theory=theory, spectrum=spectrum,
+                              normaliser=state["metadata"].get("normaliser"), batch_size=batch_size, device=device,
+                              first=count, progress_bar=progress_bar, on_batch=keep)
         log_w = torch.cat(weights)[:n]
         if not bool(torch.isfinite(log_w).all()):
             raise ValueError("some proposals have a non-finite log weight; the network's output is not finite")
-        return torch.cat(done)[:n], {"log_weight": [float(v) for v in log_w], "nfe_per_proposal": int(nfe),
+        return torch.cat(done)[:n], {"log_weight": [float(v) for v in log_w], "nfe_per_proposal": settings.n_steps,
                                      "device": str(resolve_device(device))}
 
     ens = cached_ensemble(request, make, cache_dir=cache, verbose=verbose)
     if partial.exists():
         partial.unlink()
     return ens
-
-
-def _partial_weights(partial: Path, request: dict) -> list:
-    saved = load_checkpoint_file(partial, "partial proposals")
-    if saved.get("request") != request or len(saved.get("log_weight", [])) != len(saved.get("configs", [])):
-        raise ValueError(f"{partial} does not hold the log weights of its proposals; remove it by hand")
-    return saved["log_weight"]
 
 
 @torch.no_grad()
