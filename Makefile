@@ -8,6 +8,7 @@
 #                  re-execute one chapter in place at its default (full-scale) parameters;
 #                  PARAMS='-p EPOCHS 40 -y "CHANNELS: [16, 32, 64, 128]"' runs it at other values
 #                  (papermill's flags; the chapter's scale table then lists what differs)
+#   make results   regenerate book/results.md from book/results.yml and the committed notebooks
 #   make clean     remove build outputs (keeps .venv; `make distclean` removes it too)
 
 SHELL := /bin/bash
@@ -27,15 +28,21 @@ CHAPTER    ?=
 PYTEST_ARGS ?=
 PARAMS     ?=
 
-.PHONY: venv book test sync execute clean distclean
+.PHONY: venv book test sync execute results clean distclean
 
 define STRIP_PAPERMILL
 import sys, nbformat
 path = sys.argv[1]
 nb = nbformat.read(path, as_version=4)
 nb.metadata.pop("papermill", None)
-# the injected parameters are not kept: the chapter's scale table lists every value that differs
-nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+# the injected parameters cell is kept (the values this run used; papermill replaces it on the
+# next run), with a note for a reader who opens the notebook to run it at the defaults
+NOTE = ("# The values this notebook was last executed with, injected by papermill (the scale table\n"
+        "# below lists those that differ from the defaults). Delete this cell to run the chapter at\n"
+        "# the defaults in the cell above: the paper's scale, meant for a GPU.\n")
+for c in nb.cells:
+    if "injected-parameters" in c.metadata.get("tags", []) and not c.source.startswith(NOTE):
+        c.source = NOTE + c.source
 for cell in nb.cells:
     for key in ("papermill", "execution"):
         cell.metadata.pop(key, None)
@@ -70,6 +77,10 @@ test: $(STAMP)
 sync: $(STAMP)
 	@test -n "$(CHAPTERS_MD)" || { echo "no chapters book/NN_name.md to sync"; exit 0; }; \
 	$(VENV)/bin/jupytext --sync $(CHAPTERS_MD)
+
+results: $(STAMP)
+	$(PY) -c "import pathlib, lib.display as d; pathlib.Path('book/results.md').write_text(d.results_page('book/results.yml', 'book'))"
+	@echo "wrote book/results.md"
 
 execute: $(STAMP)
 	@test -n "$(CHAPTER)" || { echo "usage: make execute CHAPTER=book/NN_name.ipynb"; exit 2; }

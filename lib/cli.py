@@ -6,11 +6,13 @@ hmc          generate an ensemble with the paper's HMC protocol and write it to 
 observables  print ⟨M⟩, ⟨|M|⟩, χ₂, U_L (jackknife errors) of an ensemble file
 train        train a diffusion model (score network) on an ensemble; writes a checkpoint
 sample       generate an ensemble from a checkpoint (same file format as HMC ensembles)
+dmmc         run a DM-MC chain (eq. 4.9) from a checkpoint; writes the chain as an ensemble
 
 Every error is reported in one line on stderr with a non-zero exit status, before any
 computation where it can be known in advance; no file is overwritten without ``--force`` and
 none is left half-written. The flags of a stage build its settings object
-(:class:`lib.HMCSettings`, :class:`lib.TrainSettings`, :class:`lib.SampleSettings`), which is
+(:class:`lib.HMCSettings`, :class:`lib.TrainSettings`, :class:`lib.SampleSettings`,
+:class:`lib.diffusion.DMMCSettings`), which is
 validated once and stored in the output.
 """
 from __future__ import annotations
@@ -167,6 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto")
     g.add_argument("--force", action="store_true")
     g.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("dmmc", help="run a DM-MC chain from a checkpoint (the chain's configurations as an ensemble)")
+    c.add_argument("checkpoint", type=Path)
+    c.add_argument("--n", type=_positive_int, required=True, help="number of proposals (= length of the chain)")
+    c.add_argument("--seed", type=_nonneg_int, required=True)
+    c.add_argument("--out", type=Path, required=True, help="output ensemble (.npz) of the chain's configurations")
+    c.add_argument("--variant", choices=["paths", "paper"], default="paths",
+                   help="paths: exact path-space weights (default); paper: Euler-Maruyama proposals with the "
+                        "ODE's Hutchinson log q (the paper's recipe; not exact)")
+    c.add_argument("--sampler", choices=["path", "em"], default=None,
+                   help="the proposals' sampler: path (Gaussian reverse kernels; variant paths) or em "
+                        "(Euler-Maruyama; variant paper); implied by --variant")
+    c.add_argument("--steps", type=_positive_int, default=None,
+                   help="reverse steps per proposal (default: 100 for paths, 500 for paper)")
+    c.add_argument("--variance", choices=["propagator", "isotropic"], default="propagator",
+                   help="the path kernels' variances: per momentum mode, or per site")
+    c.add_argument("--data", type=Path, default=None,
+                   help="the training ensemble (.npz), for the kernels' spectrum (default: the model's own samples)")
+    c.add_argument("--probes", type=_positive_int, default=10, help="Hutchinson probes of the paper's log q")
+    c.add_argument("--rtol", type=_finite, default=1e-5, help="tolerance of the ODE for the paper's log q")
+    c.add_argument("--batch-size", type=_positive_int, default=256)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--force", action="store_true")
+    c.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -450,7 +476,59 @@ def cmd_observables(a) -> int:
     return 0
 
 
-COMMANDS = {"hmc": cmd_hmc, "observables": cmd_observables, "train": cmd_train, "sample": cmd_sample}
+def cmd_dmmc(a) -> int:
+    import math
+
+    import numpy as np
+
+    from .diffusion import DMMCSettings, check_lattice, data_spectrum, dm_mc_chain, load_model, theory_of_checkpoint
+    from .rng import check_seed
+    from .storage.ensembles import make_metadata, save_ensemble
+
+    _check_out(a.out, ".npz", a.force)
+    seed = check_seed(a.seed)
+    if a.n < 2:
+        raise CLIError(f"--n {a.n}: a chain needs at least 2 proposals", status=2)
+    implied = {"paths": "path", "paper": "em"}[a.variant]
+    if a.sampler is not None and a.sampler != implied:
+        raise CLIError(f"--sampler {a.sampler} does not go with --variant {a.variant} (which uses {implied})", status=2)
+    steps = a.steps or (100 if a.variant == "paths" else 500)
+    settings = _build(DMMCSettings, {"n_steps": "--steps", "rtol": "--rtol", "n_probes": "--probes"},
+                      variant=a.variant, n_steps=steps, variance=a.variance, n_probes=a.probes, rtol=a.rtol)
+    device = _device(a.device)
+    model, state = load_model(a.checkpoint, device=device)
+    theory = theory_of_checkpoint(state)
+    shape = check_lattice(model, state["metadata"], tuple(theory.lattice_shape))
+    _check_memory(a.n, shape)
+    spectrum = None
+    if a.data is not None:
+        if a.variant != "paths":
+            raise CLIError("--data sets the path kernels' spectrum; it has no use with --variant paper", status=2)
+        data = _load_ensemble(a.data)
+        if tuple(data.configs.shape[1:]) != tuple(shape):
+            raise CLIError(f"--data {a.data} holds configurations of shape {tuple(data.configs.shape[1:])}, "
+                           f"the model makes {tuple(shape)}")
+        spectrum = data_spectrum(data.configs, state["metadata"].get("normaliser"))
+    res = dm_mc_chain(a.checkpoint, a.n, seed, settings, theory=theory, spectrum=spectrum, batch_size=a.batch_size,
+                      device=device, progress_bar=not a.no_progress, verbose=False)
+    s = res.summary
+    meta = make_metadata(theory, "dm-mc", settings, seed, n_configs=a.n, device=str(device),
+                         checkpoint=str(a.checkpoint), epochs=state["epoch"], model=state["model_config"],
+                         trained_on=state["metadata"].get("training_ensemble"),
+                         spectrum="training data" if a.data is not None else "the model's own samples",
+                         **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                            for k, v in s.items() if k != "variant"})
+    save_ensemble(a.out, res.configs, meta, overwrite=a.force)
+    tau = s["tau_int_absM"]
+    print(f"wrote a chain of {a.n} configurations to {a.out}: acceptance {s['acceptance']:.3f} "
+          f"(erfc(s/2) = {s['predicted_acceptance']:.3f}), tau_int(|M|) = "
+          + (f"{tau:.1f} +- {s['tau_int_absM_error']:.1f}" if np.isfinite(tau) else "unmeasurable (no move)")
+          + ("" if s["exact"] else "; the paper's recipe: the chain does not sample e^-S exactly"), file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"hmc": cmd_hmc, "observables": cmd_observables, "train": cmd_train, "sample": cmd_sample,
+            "dmmc": cmd_dmmc}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -91,3 +91,65 @@ def glue(name: str, value, fmt: str = "") -> None:
 def verdict(ok: bool, met: str = "met", failed: str = "not met") -> str:
     """The one-word verdict of a requirement, decided by a cell from the numbers."""
     return met if ok else failed
+
+
+# ---------------------------------------------------------------------------- the results page
+def glued_values(notebook) -> dict:
+    """The values a notebook's cells stored with :func:`glue`: ``{name: text}`` as the book
+    shows them (read from the outputs of the committed notebook, not recomputed)."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    out = {}
+    for cell in nb.cells:
+        for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            meta = o.get("metadata", {}).get("scrapbook")
+            if meta and "name" in meta:
+                raw = o.get("data", {}).get(meta.get("mime_prefix", GLUE_PREFIX) + "text/plain")
+                if raw is not None:
+                    raw = "".join(raw) if isinstance(raw, list) else raw
+                    out[meta["name"]] = ast.literal_eval(raw)
+    return out
+
+
+def ran_at_reduced_scale(notebook) -> bool:
+    """Whether a committed notebook's scale table (:func:`scale_report`) says its outputs come
+    from a reduced-scale run."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    return any("Reduced-scale run" in str(o.get("data", {}).get("text/html", ""))
+               for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def results_page(spec, book_dir) -> str:
+    """The book's results page (Markdown) from ``spec`` (the YAML file listing each paper result:
+    its title, the paper's value, the chapter and the glue keys of ours) and the committed
+    notebooks in ``book_dir``: every number on it is read from a chapter's outputs. A key that a
+    chapter does not store is an error, never an empty cell."""
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load(Path(spec).read_text())
+    book = Path(book_dir)
+    lines = [spec["title"], "", spec["intro"].strip(), ""]
+    cache, scale = {}, {}
+    for section in spec["sections"]:
+        lines += [f"## {section['title']}", "", "| result | paper | ours | run | where |", "|---|---|---|---|---|"]
+        for row in section["rows"]:
+            ch = row["chapter"]
+            if ch not in cache:
+                cache[ch] = glued_values(book / f"{ch}.ipynb")
+                scale[ch] = "reduced (CPU)" if ran_at_reduced_scale(book / f"{ch}.ipynb") else "paper's"
+            missing = [k for k in row["ours"] if k not in cache[ch]]
+            if missing:
+                raise KeyError(f"{ch}.ipynb stores no glued value {', '.join(missing)} (results page row "
+                               f"{row['result']!r}); execute the chapter or fix the spec")
+            ours = "; ".join((f"{label}: " if label else "") + cache[ch][k] for k, label in row["ours"].items())
+            cells = [str(x).replace("|", "\\|") for x in (row["result"], row["paper"], ours, scale[ch])]
+            lines.append(f"| {' | '.join(cells)} | {{doc}}`{row.get('where', ch)} <{ch}>` |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -82,7 +82,10 @@ CI_PARAMETERS: dict[str, dict] = {
         "N_PROPOSALS": 64, "N_PROPOSALS_EM": 32, "N_EM_STEPS": 20, "LIK_RTOL": 1e-3, "N_PROBES": 2, "PATH_STEPS": 10, "GEN_BATCH": 64,
         "LIK_BATCH": 64, "N_CHAINS": 4, "N_THERM": 20, "N_MEASURE": 200, "CHAIN_BLOCKS": 8, "FREE_L": 8,
         "N_FREE": 2000, "FREE_EM_STEPS": [20, 100], "FREE_PATH_STEPS": [2, 10], "SCAN_KAPPAS": [0.21],
-        "SCAN_LS": [8], "SCAN_EPOCHS": [1, 2], "N_SCAN": 32, "N_SCAN_LIK": 8,
+        "SCAN_LS": [8], "SCAN_EPOCHS": [1, 2], "N_SCAN": 32, "N_SCAN_LIK": 8, "FREE_ODE_RTOLS": [1e-3],
+        "EQ_LS": [8], "EQ_BURNIN": 10, "EQ_SPACING": 2, "EQ_PER_CHAIN": 4, "EQ_N_PROPOSALS": 64,
+        "EQ_CHAIN_BLOCKS": 8, "HYBRID_L": 8, "HYBRID_CYCLES": 8, "HYBRID_HMC": 2,
+        "TILT_N": 2000, "POOL_K": 64, "POOL_N": 256, "POOL_REPEATS": 3,
     },
 }
 
@@ -148,6 +151,27 @@ def test_toc_lists_every_chapter():
     files = {re.sub(r"\.(md|ipynb)$", "", e["file"]) for e in toc.get("chapters", [])}
     missing = [p.stem for p in CHAPTERS if f"book/{p.stem}" not in files]
     assert not missing, f"chapters missing from _toc.yml: {missing}"
+
+
+def test_results_page_is_generated_from_the_chapters_outputs():
+    """book/results.md must be exactly what book/results.yml and the committed notebooks give (run
+    `make results` after executing a chapter), and every number of ours on it is a glued value."""
+    from lib.display import results_page
+
+    expected = results_page(BOOK / "results.yml", BOOK)
+    page = BOOK / "results.md"
+    assert page.exists() and page.read_text() == expected, "book/results.md is stale: run `make results`"
+
+
+def test_results_page_refuses_a_value_no_chapter_computed(tmp_path):
+    from lib.display import results_page
+
+    spec = yaml.safe_load((BOOK / "results.yml").read_text())
+    spec["sections"][0]["rows"][0]["ours"] = {"no_such_glue_key": ""}
+    bad = tmp_path / "results.yml"
+    bad.write_text(yaml.safe_dump(spec))
+    with pytest.raises(KeyError, match="no_such_glue_key"):
+        results_page(bad, BOOK)
 
 
 @chapter

@@ -10,7 +10,7 @@ import torch
 import lib
 from lib.analysis.stats import autocorrelation
 from lib.diffusion import make_sde
-from lib.diffusion.paths import PathSettings, path_levels, path_sample
+from lib.diffusion.paths import PathSettings, path_levels, path_refresh, path_sample
 from lib.mcmc.independence import independence_chain
 from lib.rng import SampleStreams
 
@@ -76,3 +76,26 @@ def test_levels_and_settings_are_checked():
         path_sample(lambda x, t: x, make_sde("vp", 25.0), (2, 4, 4), spectrum=torch.ones(4, 4))
     with pytest.raises(ValueError, match="spectrum"):
         path_sample(lambda x, t: x, SDE, (2, 4, 4), spectrum=torch.ones(8, 8))
+
+
+@pytest.mark.parametrize("variance", ["propagator", "isotropic"])
+def test_a_refreshed_path_is_weighed_as_a_sampled_one(variance):
+    """path_refresh draws a path backwards from given fields with the forward kernels F and weighs
+    it. With the exact score and propagator kernels every path must obey log W = log p_T(x_0) −
+    log π(x_0), as sampled paths do (to rounding); for either kernels the path's start must be the
+    forward process's: x_0 − x_N white noise of variance Ξ(T) per site (within 5 standard errors)."""
+    th, field = _free()
+    s = PathSettings(n_steps=5, variance=variance)
+    x = field.sample(256, seed=4)
+    r = path_refresh(field.score_fn(SDE), SDE, x, s, spectrum=field.spectrum, noise=torch.Generator().manual_seed(0),
+                     dtype=torch.float64)
+    assert r.nfe == 5 and torch.equal(r.x, x)
+    if variance == "propagator":
+        log_w = field.log_prob(x) + r.log_path
+        predicted = field.log_prob(r.x_T, SDE, SDE.T) - SDE.prior_logp(r.x_T)
+        assert torch.allclose(log_w, predicted, atol=1e-9, rtol=0)
+    d = (r.x_T - x).reshape(-1)
+    xi_T = float(path_levels(SDE, s)[0])
+    assert abs(float(d.var()) / xi_T - 1) < 5 * math.sqrt(2 / len(d))
+    lag = float((d.reshape(256, 64)[:, 1:] * d.reshape(256, 64)[:, :-1]).mean()) / xi_T
+    assert abs(lag) < 5 / math.sqrt(256 * 63)

@@ -1,9 +1,9 @@
 """Diffusion models (paper Sec. 3): forward SDEs (:mod:`.sde`), score networks (:mod:`.networks`),
 the denoising score-matching loss (:mod:`.loss`), training (:mod:`.training`), samplers in a
 registry (:mod:`.samplers`), the likelihood by the probability-flow ODE (:mod:`.likelihood`),
-proposals with exact path-space weights for DM-MC (:mod:`.paths`), and the cached
+proposals with exact path-space weights for DM-MC (:mod:`.paths`), DM-MC chains (:mod:`.dmmc`), and the cached
 train/generate/weigh workflow (:mod:`.workflow`)."""
-from . import likelihood, loss, networks, paths, samplers, sde, training, workflow
+from . import dmmc, likelihood, loss, networks, paths, samplers, sde, training, workflow
 from .likelihood import LikelihoodResult, LikelihoodSettings, ODESample, log_likelihood, ode_sample_with_density
 from .loss import dsm_loss
 from .networks import LatticeUNet, MLPScore, build_score_model
@@ -12,12 +12,14 @@ from .samplers import (SAMPLERS, SampleResult, SampleSettings, SamplerFailed, eu
 from .sde import VESDE, VPSDE, make_sde, sde_from_dict
 from .training import EMA, Normaliser, Trainer, TrainSettings, load_checkpoint, load_model
 from .paths import PathSettings, path_sample
+from .dmmc import DMMCResult, DMMCSettings, dm_mc_chain, theory_of_checkpoint
 from .workflow import (cached_dm_ensemble, cached_dm_path_proposals, cached_log_likelihood, cached_score_model,
                        check_lattice, data_spectrum, default_model, dm_path_proposals, effective_action, generate,
                        model_log_likelihood, score_model_request, site_variance, train_score_model, tweedie_denoise,
                        zero_mode_scale)
 
-__all__ = ["likelihood", "loss", "networks", "paths", "samplers", "sde", "training", "workflow", "LikelihoodResult",
+__all__ = ["dmmc", "DMMCResult", "DMMCSettings", "dm_mc_chain", "theory_of_checkpoint",
+           "likelihood", "loss", "networks", "paths", "samplers", "sde", "training", "workflow", "LikelihoodResult",
            "LikelihoodSettings", "ODESample", "ode_sample_with_density", "PathSettings", "path_sample",
            "cached_dm_path_proposals", "data_spectrum", "dm_path_proposals", "log_likelihood",
            "cached_log_likelihood", "model_log_likelihood", "dsm_loss", "LatticeUNet", "MLPScore",

@@ -100,6 +100,19 @@ def _gauss_draw(z: torch.Tensor, var: torch.Tensor, dims) -> torch.Tensor:
     return torch.fft.ifftn(_modes(z, dims) * torch.sqrt(var), dim=dims).real
 
 
+def _kernels(sde, settings: PathSettings, shape, spectrum, device):
+    """The lattice dimensions, the kernels' per-mode scale C(p) and the noise variances Ξ_k of a
+    path of ``settings`` for a batch of ``shape``; the SDE and the spectrum are checked."""
+    if isinstance(sde, VPSDE):
+        raise ValueError("path-space proposals are implemented for the VE SDE only")
+    c = torch.as_tensor(spectrum, dtype=torch.float64, device=device)
+    if tuple(c.shape) != tuple(shape[1:]) or not bool((c > 0).all()):
+        raise ValueError(f"spectrum must be positive with the lattice shape {tuple(shape[1:])}, got {tuple(c.shape)}")
+    if settings.variance == "isotropic":
+        c = torch.full_like(c, float(c.mean()))
+    return tuple(range(1, len(shape))), c, path_levels(sde, settings).to(device)
+
+
 @torch.no_grad()
 def path_sample(score_fn, sde, shape, settings: PathSettings | None = None, *, spectrum, noise=None, device=None,
                 dtype=torch.float32, progress_bar: bool = False) -> PathResult:
@@ -110,16 +123,8 @@ def path_sample(score_fn, sde, shape, settings: PathSettings | None = None, *, s
     ``torch.Generator`` or per-sample :class:`lib.rng.SampleStreams` (N + 1 draws per sample).
     The network runs in ``dtype``; the path and its weights are kept in float64."""
     settings = PathSettings.build(settings)
-    if isinstance(sde, VPSDE):
-        raise ValueError("path-space proposals are implemented for the VE SDE only")
     shape = tuple(shape)
-    dims = tuple(range(1, len(shape)))
-    c = torch.as_tensor(spectrum, dtype=torch.float64, device=device)
-    if tuple(c.shape) != shape[1:] or not bool((c > 0).all()):
-        raise ValueError(f"spectrum must be positive with the lattice shape {shape[1:]}, got {tuple(c.shape)}")
-    if settings.variance == "isotropic":
-        c = torch.full_like(c, float(c.mean()))
-    xi = path_levels(sde, settings).to(device)
+    dims, c, xi = _kernels(sde, settings, shape, spectrum, device)
     x = math.sqrt(float(xi[0])) * normal(noise, shape, device=device, dtype=torch.float64)
     x_T = x
     log_path = -sde.prior_logp(x)
@@ -137,4 +142,46 @@ def path_sample(score_fn, sde, shape, settings: PathSettings | None = None, *, s
     return PathResult(x, log_path, len(xi) - 1, x_T)
 
 
-__all__ = ["PathSettings", "PathResult", "path_levels", "path_sample"]
+@torch.no_grad()
+def path_refresh(score_fn, sde, x_end: torch.Tensor, settings: PathSettings | None = None, *, spectrum,
+                 noise=None, dtype=torch.float32, chunk: int = 256) -> PathResult:
+    r"""Draw a path that ends in given fields from the forward kernels, x_k = x_{k+1} + √Δ_k z_k
+    (k = N − 1, …, 0), and return the path part of its log weight, exactly as :func:`path_sample`
+    would for that path:
+
+    .. math:: \log W - \log p(x_N) = \sum_k \log F(x_k \mid x_{k+1}) - \log π(x_0)
+              - \sum_k \log Q(x_{k+1} \mid x_k).
+
+    This is the Gibbs step of the path given the field under the target on paths p(x_N) Π F,
+    which a chain needs after a move of the field alone (an HMC trajectory) before it can weigh
+    the current state against a new DM proposal. The N network evaluations along a known path are
+    independent, so they run in batches of ``chunk`` (path, step) pairs. ``x_end``: fields in
+    network units (float64); ``noise``: a generator or per-sample streams (N draws per sample)."""
+    settings = PathSettings.build(settings)
+    x_end = torch.as_tensor(x_end, dtype=torch.float64)
+    shape, device = tuple(x_end.shape), x_end.device
+    dims, c, xi = _kernels(sde, settings, shape, spectrum, device)
+    n = len(xi) - 1
+    xs = [None] * (n + 1)
+    xs[n] = x_end
+    for k in range(n - 1, -1, -1):
+        xs[k] = xs[k + 1] + math.sqrt(float(xi[k] - xi[k + 1])) * normal(noise, shape, device=device,
+                                                                           dtype=torch.float64)
+    times = [float(sde.time_of_noise_level(torch.tensor(math.sqrt(float(xi[k])), dtype=torch.float64)))
+             for k in range(n)]
+    flat = torch.cat(xs[:n])                                          # (n · batch, *lattice), step-major
+    tt = torch.tensor(times, dtype=dtype, device=device).repeat_interleave(shape[0])
+    scores = torch.cat([score_fn(flat[i:i + chunk].to(dtype), tt[i:i + chunk]).to(torch.float64)
+                        for i in range(0, len(flat), chunk)])
+    log_path = -sde.prior_logp(xs[0])
+    for k in range(n):
+        hi, lo = float(xi[k]), float(xi[k + 1])
+        delta = hi - lo
+        mean = xs[k] + delta * scores[k * shape[0]:(k + 1) * shape[0]]
+        var = delta * (c + lo) / (c + hi)
+        log_path -= _gauss_logp(xs[k + 1] - mean, var, dims)
+        log_path += _gauss_logp(xs[k] - xs[k + 1], torch.full_like(c, delta), dims)
+    return PathResult(x_end, log_path, n, xs[0])
+
+
+__all__ = ["PathSettings", "PathResult", "path_levels", "path_refresh", "path_sample"]
