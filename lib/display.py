@@ -11,7 +11,11 @@ def pm(value, error, sig: int = 2) -> str:
     """'value ± error' with the error rounded to ``sig`` significant digits."""
     if not (np.isfinite(error) and error > 0):
         return f"{value:.4g} ± {error:.2g}"
-    digits = max(0, sig - 1 - int(math.floor(math.log10(error))))
+    exponent = int(math.floor(math.log10(error)))
+    if exponent < -8 and abs(value) < 1e-6:  # e.g. e^{−ΔH} of a hopeless step: (4.2 ± 4.2)e-47, not 0.000…042
+        scale = 10.0 ** exponent
+        return f"({value / scale:.{sig - 1}f} ± {error / scale:.{sig - 1}f})e{exponent}"
+    digits = max(0, sig - 1 - exponent)
     return f"{value:.{digits}f} ± {error:.{digits}f}"
 
 

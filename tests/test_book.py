@@ -40,7 +40,7 @@ CI_PARAMETERS: dict[str, dict] = {
         "THERM_ORDERED": 4, "THERM_TRAJ": 200, "AC_CHAINS": 4, "AC_TRAJ": 300, "AC_TRAJ_OTHER": 300,
         "METRO_SWEEPS": 300,
         "DW_CHAINS": 8, "DW_TRAJ": 100, "BINDER_LS": [4, 8], "BINDER_KAPPAS": [0.24, 0.27, 0.30],
-        "BINDER_CHAINS": [16, 16], "BINDER_BURNIN": 50, "BINDER_TRAJ": 100,
+        "BINDER_CHAINS": [16, 16], "BINDER_BURNIN": [50, 50], "BINDER_TRAJ": [100, 100],
     },
     "03_diffusion_sdes": {
         "TORCH_THREADS": 1, "N_FORWARD": 2000, "FP_POINTS_VE": 401, "FP_POINTS_VP": 201, "FP_SUBSTEPS": 10,

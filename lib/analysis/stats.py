@@ -106,12 +106,7 @@ def autocorrelation(series, S: float = 2.0, name: str = "chain") -> Autocorrelat
     name = name.replace("|", "/")  # "|" separates replica names in pyerrors
     import pyerrors as pe
 
-    if isinstance(series, np.ndarray) and series.ndim == 1:
-        reps = [series]
-    elif isinstance(series, np.ndarray) and series.ndim == 2:
-        reps = [series[:, i] for i in range(series.shape[1])]
-    else:
-        reps = [np.asarray(r, dtype=float) for r in series]
+    reps = _replicas(series)
     if any(len(r) < 4 for r in reps):
         raise ValueError("each chain needs at least 4 measurements")
     if any(np.ptp(r) == 0 for r in reps):
@@ -126,6 +121,40 @@ def autocorrelation(series, S: float = 2.0, name: str = "chain") -> Autocorrelat
         rho_error=_rho_errors(np.asarray(obs.e_rho[name]), int(obs.e_windowsize[name]), sum(map(len, reps))),
         tau_int_of_window=np.asarray(obs.e_n_tauint[name]),
     )
+
+
+def _replicas(series) -> list:
+    """One chain (1-d), the columns of a 2-d array (time × replicas), or a list of 1-d arrays."""
+    if isinstance(series, np.ndarray) and series.ndim == 1:
+        return [series.astype(float)]
+    if isinstance(series, np.ndarray) and series.ndim == 2:
+        return [series[:, i].astype(float) for i in range(series.shape[1])]
+    return [np.asarray(r, dtype=float) for r in series]
+
+
+def gamma_derived(f, *series, S: float = 2.0, name: str = "chain") -> tuple:
+    r"""Value and Γ-method error (Wolff's automatic window, via pyerrors) of a function of means,
+
+    .. math:: F = f(\bar a_1, \dots, \bar a_k),
+
+    e.g. the Binder cumulant U_L = 1 − ⟨M⁴⟩/(3⟨M²⟩²) (paper eq. 4.7) from the series M² and M⁴.
+    The error propagates the autocorrelations of every series and their cross-correlations (the
+    series are measurements on the same chains). Each series is one chain (1-d), the columns of a
+    2-d array (time × replicas) or a list of replicas, the same shape for all; ``f`` takes k
+    numbers and uses only arithmetic (pyerrors differentiates it). Returns ``(value, error)``."""
+    import pyerrors as pe
+
+    name = name.replace("|", "/")
+    reps = [_replicas(x) for x in series]
+    if not reps or len({tuple(map(len, r)) for r in reps}) != 1:
+        raise ValueError("gamma_derived needs one or more series of the same shape")
+    if any(len(r) < 4 for r in reps[0]):
+        raise ValueError("each chain needs at least 4 measurements")
+    names = [name] if len(reps[0]) == 1 else [f"{name}|r{i}" for i in range(len(reps[0]))]
+    obs = [pe.Obs(r, names) for r in reps]
+    d = pe.derived_observable(lambda x, **kw: f(*x), obs)
+    d.gamma_method(S=S)
+    return float(d.value), float(d.dvalue)
 
 
 def _rho_errors(rho: np.ndarray, window: int, n: int) -> np.ndarray:
