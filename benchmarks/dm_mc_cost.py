@@ -9,8 +9,9 @@ For each L, on this machine and in one run:
 * DM-MC: a model trained on equilibrium HMC data (ordered starts with random vacuum signs,
   2000 trajectories of burn-in, 16 configurations per chain 128 apart; 5120 for training) with
   a Gaussian skip and log-normal noise levels, U-Net 16-32-64-128, ``--epochs`` epochs, as in
-  chapter 9 (cached in ``$DMSQ_CACHE``: a rerun with the chapter's cache only measures). Proposals are 100-step reverse paths with propagator kernels; the chain is the
-  exact independence sampler on their path weights; the proposals' generation is timed here.
+  chapter 9 (cached in ``$DMSQ_CACHE``: a rerun with the chapter's cache only measures).
+  Proposals are 100-step reverse paths with propagator kernels; the chain is the exact
+  independence sampler on their path weights; the proposals' generation is timed here.
   The training's CPU time is stated separately (amortised over ``N / ESS`` it is a fixed cost).
 
 ESS per second = N / (2 τ_int) / seconds; the table also gives the ratio DM-MC / HMC.

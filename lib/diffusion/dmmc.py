@@ -92,6 +92,13 @@ def robust_spread(x) -> float:
     return 1.4826 * float(np.median(np.abs(x - np.median(x))))
 
 
+def kish_ess(log_w) -> float:
+    """Kish's effective sample size (Σ W)² / Σ W² of importance weights W = e^{log_w}: small when a
+    few proposals carry most of the weight, and then a chain's error bar is not yet reliable."""
+    w = np.exp(np.asarray(log_w, dtype=float) - np.max(log_w))
+    return float(w.sum() ** 2 / (w ** 2).sum())
+
+
 def theory_of_checkpoint(state: dict, lattice_shape=None):
     """The theory a checkpoint's model was trained on (from its training ensemble's metadata), as
     an object with an action; L replaced by ``lattice_shape`` when given. Refused in one line when
@@ -112,12 +119,13 @@ def theory_of_checkpoint(state: dict, lattice_shape=None):
 def model_spectrum(checkpoint, seed: int, n: int = 256, *, theory=None, batch_size: int = 256, device=None,
                    cache_dir=None):
     """The power spectrum of the model's own samples (network units), for the path kernels'
-    variances when the training data are not at hand: ``n`` paths with isotropic kernels of the
-    samples' site variance, then the spectrum of their end points. Any spectrum keeps the chain
-    exact; a good one raises the acceptance."""
-    from .workflow import cached_dm_ensemble, data_spectrum, load_model
+    variances when the training data are not at hand: ``n`` samples from 100 Euler–Maruyama steps
+    (cached), then the spectrum of their fields. Any spectrum keeps the chain exact; a good one
+    raises the acceptance."""
+    from .training import load_checkpoint
+    from .workflow import cached_dm_ensemble, data_spectrum
 
-    model, state = load_model(checkpoint, device=device)
+    state = load_checkpoint(checkpoint)
     shape = tuple(theory.lattice_shape) if theory is not None else None
     ens = cached_dm_ensemble(checkpoint, n, seed, n_steps=100, lattice_shape=shape, batch_size=batch_size,
                              device=device, cache_dir=cache_dir, progress_bar=False, verbose=False)
@@ -177,7 +185,7 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
     configs = np.asarray(props.configs)[chain.index]
     summary = {"variant": settings.variant, "exact": settings.exact, "n_proposals": int(n),
                "acceptance": chain.acceptance, "n_accepted": int(chain.accepted[1:].sum()),
-               "robust_spread": robust_spread(log_w), "nfe_per_proposal": nfe}
+               "robust_spread": robust_spread(log_w), "kish_ess": kish_ess(log_w), "nfe_per_proposal": nfe}
     from scipy.special import erfc
 
     summary["predicted_acceptance"] = float(erfc(summary["robust_spread"] / 2))
@@ -221,6 +229,7 @@ def hybrid_chain(score_fn, sde, theory, n_cycles: int, seed: int, *, n_chains: i
     """
     from ..mcmc.hmc import HMC
     from ..rng import SampleStreams, generator
+    from ..runtime import progress
     from .paths import PathSettings, path_refresh, path_sample
     from .training import Normaliser
 
@@ -238,8 +247,6 @@ def hybrid_chain(score_fn, sde, theory, n_cycles: int, seed: int, *, n_chains: i
     hmc.run(n_burnin, progress_bar=False)
     uniforms = generator(stream_seed("dm-hybrid-accept", seed, 0), device)
     out, accepted = [], []
-    from ..runtime import progress
-
     for cycle in progress(range(n_cycles), desc="hybrid HMC/DM", disable=not progress_bar):
         hmc.run(hmc_per_cycle, progress_bar=False)
         phi = hmc.phi
@@ -262,5 +269,5 @@ def hybrid_chain(score_fn, sde, theory, n_cycles: int, seed: int, *, n_chains: i
                         n_cycles * 2 * settings.n_steps)
 
 
-__all__ = ["DMMCResult", "HybridResult", "hybrid_chain", "DMMCSettings", "VARIANTS", "chain_seed", "dm_mc_chain", "model_spectrum", "robust_spread",
-           "theory_of_checkpoint"]
+__all__ = ["DMMCResult", "DMMCSettings", "HybridResult", "VARIANTS", "chain_seed", "dm_mc_chain", "hybrid_chain",
+           "kish_ess", "model_spectrum", "robust_spread", "theory_of_checkpoint"]
