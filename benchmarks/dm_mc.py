@@ -32,6 +32,7 @@ from lib.diffusion.networks import build_score_model  # noqa: E402
 from lib.diffusion.samplers import euler_maruyama  # noqa: E402
 from lib.mcmc.independence import independence_chain  # noqa: E402
 from lib.runtime import hardware_summary  # noqa: E402
+from _devices import add_devices_argument, selected_devices  # noqa: E402
 
 
 def acceptance_table(sde, device, quick):
@@ -76,10 +77,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller lattices and batches")
     ap.add_argument("--json", type=Path, default=None)
+    add_devices_argument(ap)
     a = ap.parse_args()
     sde = make_sde("ve", 25.0)
     results = {}
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = selected_devices(a)
     for dev in devices:
         print(f"# {hardware_summary(dev)}")
         results[dev.type] = {"acceptance": acceptance_table(sde, dev, a.quick), "throughput": throughput(sde, dev, a.quick)}

@@ -7,7 +7,10 @@
   paper's 5.80, 6.54, 8.63 s,
 * the toy model's training time (5120 samples, MLP, 500 epochs; paper: 35 s on a laptop).
 
-    python benchmarks/dm_throughput.py [--quick] [--channels 32,64,128,256] [--json OUT]
+    python benchmarks/dm_throughput.py [--quick] [--channels 32,64,128,256] [--devices all|cpu|cuda]
+        [--compile-only] [--json OUT]
+
+``--compile-only`` measures only the forward pass, eager against torch.compile (inductor).
 
 ``--channels`` sets the U-Net widths (default: the paper's 32-64-128-256; the reduced-scale CPU
 runs of chapters 4, 6 and 7 use 16,32,64,128).
@@ -31,6 +34,7 @@ from lib.diffusion import euler_maruyama  # noqa: E402
 from lib.diffusion.networks import LatticeUNet, MLPScore  # noqa: E402
 from lib.diffusion.training import Trainer  # noqa: E402
 from lib.runtime import hardware_summary  # noqa: E402
+from _devices import add_devices_argument, selected_devices  # noqa: E402
 
 PAPER_SAMPLES_PER_S = 97.52
 PAPER_EPOCH_S = {16: 5.80, 32: 6.54, 64: 8.63}
@@ -50,11 +54,14 @@ def unet(device, dtype, strides=(1, 2, 2, 2)):
     return LatticeUNet(lib.VESDE(25.0), channels=CHANNELS, strides=strides).to(device=device, dtype=dtype)
 
 
-def bench_forward(device, dtype, batch, min_time):
+def bench_forward(device, dtype, batch, min_time, amp=False, compiled=False):
     net = unet(device, dtype).eval()
+    if compiled:
+        net = torch.compile(net)
     x = torch.randn(batch, 32, 32, device=device, dtype=dtype)
     t = torch.rand(batch, device=device, dtype=dtype)
-    with torch.no_grad():
+    ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+    with torch.no_grad(), ctx:
         net(x, t)
         sync(device)
         n, t0 = 0, time.perf_counter()
@@ -106,14 +113,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    add_devices_argument(ap)
     ap.add_argument("--channels", default="32,64,128,256", help="U-Net channels, four numbers")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="only the U-Net forward pass: eager against torch.compile, float32 and bf16 autocast")
     a = ap.parse_args()
     global CHANNELS
     CHANNELS = tuple(int(c) for c in a.channels.split(","))
     if len(CHANNELS) != 4:
         ap.error("--channels needs four numbers")
     chan = "-".join(map(str, CHANNELS))
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = selected_devices(a)
     out = {"hardware": {}, "channels": list(CHANNELS), "rows": []}
     for device in devices:
         hw = hardware_summary(device)
@@ -121,6 +131,17 @@ def main():
         print(f"# {hw}")
         gpu = device.type == "cuda"
         dtype = torch.float32
+        if a.compile_only:
+            for amp in (False, True):
+                eager = bench_forward(device, dtype, 1024 if gpu else 64, 1.0 if a.quick else 3.0, amp=amp)
+                comp = bench_forward(device, dtype, 1024 if gpu else 64, 1.0 if a.quick else 3.0, amp=amp,
+                                     compiled=True)
+                prec = "bf16 autocast" if amp else "float32"
+                print(f"{device.type}: U-Net {chan} forward, L=32, {prec}: eager {eager:.0f}, torch.compile "
+                      f"{comp:.0f} configurations/s (x{comp / eager:.2f})", flush=True)
+                out["rows"].append(dict(device=device.type, what="unet_forward_per_s", precision=prec, eager=eager,
+                                        compiled=comp, ratio=comp / eager))
+            continue
         fwd = bench_forward(device, dtype, 1024 if gpu else 64, 1.0 if a.quick else 3.0)
         print(f"{device.type}: U-Net (channels {chan}, strides 1-2-2-2) forward, L=32, float32: "
               f"{fwd:.0f} configurations/s")

@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lib  # noqa: E402
 from lib.runtime import hardware_summary  # noqa: E402
+from _devices import add_devices_argument, selected_devices  # noqa: E402
 
 PAPER_TRAJ_PER_S = 1.57 * 164  # 100 leapfrog steps of 0.01 per trajectory
 
@@ -44,15 +45,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer configurations, shorter timing")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_devices_argument(ap)
     a = ap.parse_args()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = selected_devices(a)
     rows = []
     for device in devices:
         print(f"# {hardware_summary(device)}")
         chains = [1024] if a.quick else [256, 1024, 4096]
         if device.type == "cuda":
-            chains = [4096, 16384, 65536]
-        for L in (32, 64):
+            chains = [16384] if a.quick else [4096, 16384, 65536]
+        for L in ((32,) if a.quick and device.type == "cuda" else (32, 64)):
             for dtype in (torch.float64, torch.float32):
                 for n_steps, eps in ((100, 0.01), (10, 0.1)):
                     for nc in chains:

@@ -38,6 +38,7 @@ from lib.diffusion import default_model, make_sde  # noqa: E402
 from lib.diffusion.networks import build_score_model  # noqa: E402
 from lib.diffusion.samplers import exponential_integrator, heun  # noqa: E402
 from lib.runtime import hardware_summary  # noqa: E402
+from _devices import add_devices_argument, selected_devices  # noqa: E402
 
 PAPER_CONFIGS_PER_S = 97.52
 EPS = 1e-3
@@ -81,6 +82,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="L = 16 and shorter timing")
     ap.add_argument("--json", type=Path, default=None)
+    add_devices_argument(ap)
     a = ap.parse_args()
     L = 16 if a.quick else 32
     th = lib.Phi4(L=L, kappa=0.2, lam=0.0)
@@ -113,11 +115,13 @@ def main():
         ok = [r for r in rows if r["sampler"] == name and r["error"] <= ref]
         match[name] = min(ok, key=lambda r: r["nfe"]) if ok else None
     device_rows = []
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = selected_devices(a)
     for device in devices:
-        print(f"# {hardware_summary(device)}; default U-Net (32-64-128-256, strides 1-2-2-2) at L={L}, batch 64")
+        print(f"# {hardware_summary(device)}; default U-Net (32-64-128-256, strides 1-2-2-2) at L={L}, "
+              f"batch {1024 if device.type == 'cuda' else 64}")
         for amp in (False, True):
-            cost = nfe_cost(L, device, torch.float32, amp, min_time=1.0 if a.quick else 3.0)
+            cost = nfe_cost(L, device, torch.float32, amp, batch=1024 if device.type == "cuda" else 64,
+                            min_time=1.0 if a.quick else 3.0)
             label = "bf16 autocast" if amp else "float32"
             em_rate = 1 / (499 * cost)
             print(f"  {label:14s} {cost * 1e3:.3f} ms per configuration per NFE; EM-500: {em_rate:.2f} configs/s")

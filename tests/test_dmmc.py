@@ -216,3 +216,23 @@ def test_hybrid_chain_is_exact_with_a_wrong_score_when_hmc_barely_moves():
                       dtype=torch.float64).x
     m2_raw = (raw.sum((1, 2)) ** 2 / 64).numpy()
     assert abs(m2_raw.mean() - chi_exact) > 6 * m2_raw.std() / np.sqrt(len(m2_raw)), "the proposals should be biased"
+
+
+def test_the_chain_and_the_ema_do_not_follow_the_default_device(monkeypatch):
+    """Found on a GPU machine: the chain's uniforms were drawn by a generator on the *default*
+    device (CUDA when present) and a resumed EMA stayed on the CPU beside a model on the GPU.
+    The uniforms live on the CPU whatever is visible; loaded averages go to the model's device
+    (the meta device stands in for a GPU here)."""
+    from lib.diffusion.training import EMA
+
+    w = np.random.default_rng(0).normal(size=64)
+    ref = independence_chain(w, np.zeros(64), seed=3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # resolve_device(None) would say cuda
+    again = independence_chain(w, np.zeros(64), seed=3)
+    assert np.array_equal(ref.index, again.index)
+    monkeypatch.undo()
+    net = torch.nn.Linear(3, 2)
+    saved = EMA(net).state_dict()
+    ema = EMA(torch.nn.Linear(3, 2, device="meta"))
+    ema.load_state_dict(saved)
+    assert all(v.device.type == "meta" for v in ema.shadow.values())

@@ -106,7 +106,10 @@ class EMA:
         return self.shadow
 
     def load_state_dict(self, d):
-        self.shadow = {k: v.clone() for k, v in d.items()}
+        """Load averages saved by :meth:`state_dict`, onto the device of the current averages (a
+        checkpoint is read onto the CPU; the model may live on a GPU)."""
+        self.shadow = {k: v.to(self.shadow[k].device if k in self.shadow else v.device, copy=True)
+                       for k, v in d.items()}
 
 
 class Trainer:
