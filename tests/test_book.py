@@ -203,6 +203,17 @@ def test_every_glued_value_in_the_prose_is_computed_by_a_cell(md):
 
 
 @chapter
+def test_no_progress_bar_is_stored_as_a_widget(md):
+    """A progress bar saved as widget state renders as a frozen "training: 0%" line in the book;
+    chapters are executed with DMSQ_PROGRESS=none (make execute), so none may be committed."""
+    nb = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
+    bars = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.get("outputs", [])
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+            and re.search(r"\d+%\|", str(o["data"].get("text/plain", "")))]
+    assert not bars, f"{md.with_suffix('.ipynb').name}: progress-bar widgets in cells {bars}; re-execute with make execute"
+
+
+@chapter
 def test_one_parameters_cell(md):
     for path in (md, md.with_suffix(".ipynb")):
         if not path.exists():
