@@ -86,6 +86,8 @@ CI_PARAMETERS: dict[str, dict] = {
         "EQ_LS": [8], "EQ_BURNIN": 10, "EQ_SPACING": 2, "EQ_PER_CHAIN": 4, "EQ_N_PROPOSALS": 64,
         "EQ_CHAIN_BLOCKS": 8, "HYBRID_L": 8, "HYBRID_CYCLES": 8, "HYBRID_HMC": 2,
         "TILT_N": 2000, "POOL_K": 64, "POOL_N": 256, "POOL_REPEATS": 3,
+        "TRAIN_STUDY_L": 8, "TRAIN_STUDY_CHANNELS": [8, 8, 8, 8], "TRAIN_STUDY_EPOCHS": [1, 2],
+        "TRAIN_STUDY_N": 64, "GAP_TIMES": [0.05],
     },
 }
 
