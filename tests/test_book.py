@@ -57,7 +57,7 @@ CI_PARAMETERS: dict[str, dict] = {
     },
     "05_toy_effective_action": {
         "N_TRAIN": 256, "EPOCHS": 3, "N_GEN": 128, "N_STEPS": 50, "N_PHI": 201, "N_TAU_FLOW": 20, "N_EVAL": 512,
-        "N_T_EVAL": 16,
+        "N_T_EVAL": 16, "SEED_CHECK": [1], "N_SEED_CHECK": 128,
     },
     "06_phi4_broken_phase": {
         "L": 8, "N_TRAIN": 64, "N_TEST": 32, "N_BURNIN": 10, "N_SPACING": 4, "CHANNELS": [8, 8, 8, 8], "EPOCHS": 1,
