@@ -19,3 +19,9 @@ def selected_devices(a) -> list[torch.device]:
     if a.devices == "cpu":
         return [torch.device("cpu")]
     return [torch.device("cpu")] + ([torch.device("cuda")] if cuda else [])
+
+
+def sync(device) -> None:
+    """Wait for the GPU's queued work (a timer reads nothing meaningful before that)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()

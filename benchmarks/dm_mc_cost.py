@@ -40,7 +40,7 @@ from lib.diffusion import (cached_score_model, data_spectrum, default_model, dm_
                            make_sde, site_variance)
 from lib.mcmc.independence import independence_chain  # noqa: E402
 from lib.runtime import hardware_summary  # noqa: E402
-from _devices import add_devices_argument, selected_devices  # noqa: E402
+from _devices import add_devices_argument, selected_devices, sync  # noqa: E402
 
 KAPPA, LAM = 0.27, 0.022
 EQUILIBRIUM = dict(n_burnin=2000, n_spacing=128, n_per_chain=16, start="ordered", eps=0.1, n_steps=10)
@@ -57,10 +57,6 @@ def ess(series, rate):
     return {"tau_int": float(ac.tau_int), "tau_error": float(ac.tau_int_error),
             "ess_per_s": rate / (2 * ac.tau_int)}
 
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_local(kind, th, n_chains, device, seed):
@@ -137,9 +133,14 @@ def main():
     ap.add_argument("--json", type=Path, default=None)
     add_devices_argument(ap)
     a = ap.parse_args()
-    epochs_list = [int(e) for e in (a.epochs or ("10" if a.quick else "40")).split(",")]
-    sizes = [int(x) for x in (a.sizes or ("8,16" if a.quick else "8,16,32")).split(",")]
-    channels = tuple(int(c) for c in a.channels.split(","))
+    try:
+        epochs_list = [int(e) for e in (a.epochs or ("10" if a.quick else "40")).split(",")]
+        sizes = [int(x) for x in (a.sizes or ("8,16" if a.quick else "8,16,32")).split(",")]
+        channels = tuple(int(c) for c in a.channels.split(","))
+    except ValueError:
+        ap.error("--epochs, --sizes and --channels take comma-separated whole numbers")
+    if min(epochs_list) < 1 or min(sizes) < 2 or min(channels) < 1:
+        ap.error("--epochs, --sizes and --channels must be positive (sizes at least 2)")
     recipes = a.recipes.split(",")
     if len(channels) != 4:
         ap.error("--channels needs four numbers")

@@ -34,16 +34,12 @@ from lib.diffusion import euler_maruyama  # noqa: E402
 from lib.diffusion.networks import LatticeUNet, MLPScore  # noqa: E402
 from lib.diffusion.training import Trainer  # noqa: E402
 from lib.runtime import hardware_summary  # noqa: E402
-from _devices import add_devices_argument, selected_devices  # noqa: E402
+from _devices import add_devices_argument, selected_devices, sync  # noqa: E402
 
 PAPER_SAMPLES_PER_S = 97.52
 PAPER_EPOCH_S = {16: 5.80, 32: 6.54, 64: 8.63}
 PAPER_TOY_TRAIN_S = 35.0
 
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 CHANNELS = (32, 64, 128, 256)

@@ -40,8 +40,11 @@ def stream_seed(domain: str, seed: int, index: int) -> int:
 
 
 def generator(seed: int, device=None) -> torch.Generator:
-    """One ``torch.Generator`` on ``device`` seeded with ``seed`` (no global RNG state is touched)."""
-    g = torch.Generator(device=resolve_device(device))
+    """One ``torch.Generator`` on ``device`` seeded with ``seed`` (no global RNG state is touched).
+    Without a device it is a CPU generator, as torch's own default (and the default of the tensors
+    it fills): not the automatic choice of :func:`lib.runtime.resolve_device`, which would hand a
+    CUDA generator to CPU tensors whenever a GPU is visible."""
+    g = torch.Generator(device="cpu" if device is None else resolve_device(device))
     g.manual_seed(check_seed(seed))
     return g
 

@@ -228,6 +228,7 @@ def test_the_chain_and_the_ema_do_not_follow_the_default_device(monkeypatch):
     w = np.random.default_rng(0).normal(size=64)
     ref = independence_chain(w, np.zeros(64), seed=3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # resolve_device(None) would say cuda
+    assert lib.rng.generator(3).device.type == "cpu"
     again = independence_chain(w, np.zeros(64), seed=3)
     assert np.array_equal(ref.index, again.index)
     monkeypatch.undo()

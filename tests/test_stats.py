@@ -341,3 +341,11 @@ def test_dsm_generalisation_gap_vanishes_for_a_model_that_never_saw_the_data():
     data = field.sample(4096, seed=3)
     gap, err = dsm_generalisation_gap(Exact(), data[:2048], data[2048:], t=0.05, seed=2)
     assert abs(gap) < 3.5 * err and err > 0
+    # the per-configuration losses it uses average to dsm_loss's batch mean
+    from lib.diffusion.loss import dsm_loss
+
+    t = torch.full((64,), 0.05, dtype=torch.float64)
+    z = torch.randn(64, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    each = dsm_loss(Exact(), data[:64], t=t, z=z, reduction="none")
+    assert each.shape == (64,)
+    assert torch.allclose(each.mean(), dsm_loss(Exact(), data[:64], t=t, z=z))

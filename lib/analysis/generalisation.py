@@ -53,16 +53,16 @@ def dsm_generalisation_gap(model, train, held_out, t: float, seed: int = 0) -> t
     train = torch.as_tensor(train)[:len(held_out)]
     if len(train) < len(held_out):
         raise ValueError("the training set must be at least as large as the held-out set")
+    from ..diffusion.loss import dsm_loss
+
     p = next(model.parameters())
+    like = dict(device=p.device, dtype=p.dtype)
     g = torch.Generator().manual_seed(int(seed))
-    z = torch.randn(held_out.shape, generator=g, dtype=torch.float64)
-    tt = torch.full((len(held_out),), float(t), dtype=torch.float64)
-    std = float(model.sde.marginal_std(torch.tensor(float(t), dtype=torch.float64)))
+    z = torch.randn(held_out.shape, generator=g, dtype=torch.float64).to(**like)
+    tt = torch.full((len(held_out),), float(t), **like)
 
     def loss(x0):
-        xt = model.sde.perturb(x0.double(), tt, z)
-        s = model(xt.to(device=p.device, dtype=p.dtype), tt.to(device=p.device, dtype=p.dtype)).double().cpu()
-        return ((std * s + z) ** 2).flatten(1).sum(1)
+        return dsm_loss(model, x0.to(**like), t=tt, z=z, reduction="none").double().cpu()
 
     lh, lt = loss(held_out), loss(train)
     return float(lh.mean() - lt.mean()), float(math.sqrt((lh.var() + lt.var()) / len(lh)))

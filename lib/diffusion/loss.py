@@ -34,7 +34,8 @@ def sample_times(sde, n: int, generator=None, eps: float = 1e-5, t_sampling: str
 
 def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None, eps: float = 1e-5,
              t: torch.Tensor | None = None, z: torch.Tensor | None = None, score_fn=None,
-             zero_mode_weight: float = 1.0, t_sampling: str = "uniform") -> torch.Tensor:
+             zero_mode_weight: float = 1.0, t_sampling: str = "uniform",
+             reduction: str = "mean") -> torch.Tensor:
     r"""Denoising score-matching loss of eq. (3.4) with σ_t² weighting, t ~ U(ε, T) (or the
     log-normal noise levels of :func:`sample_times`).
 
@@ -50,7 +51,11 @@ def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None, 
     positive-definite W the loss equals E‖W^{1/2} σ_t (s_θ − ∇ log p_t)‖² up to a θ-independent
     constant, so the minimiser is still the exact score; only the emphasis changes. In eq. (3.4)
     the zero mode is one of V modes, and it is the one that decides the vacuum (chapter 6).
+
+    ``reduction="none"`` returns the loss of each configuration instead of the batch mean.
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     if zero_mode_weight <= 0:
         raise ValueError(f"zero_mode_weight must be positive, got {zero_mode_weight}")
     sde = model.sde
@@ -67,4 +72,4 @@ def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None, 
     loss = (r ** 2).sum(1)
     if zero_mode_weight != 1.0:
         loss = loss + (zero_mode_weight - 1.0) * r.shape[1] * r.mean(1) ** 2
-    return loss.mean()
+    return loss.mean() if reduction == "mean" else loss

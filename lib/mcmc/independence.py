@@ -53,7 +53,7 @@ def independence_chain(log_target, log_proposal, seed: int) -> IndependenceChain
     if not (np.isfinite(lp).all() and np.isfinite(lq).all()):
         raise ValueError("log densities must be finite (a proposal with q = 0 cannot be weighed)")
     w = lp - lq
-    u = torch.rand(len(w), generator=generator(check_seed(seed), "cpu"), dtype=torch.float64).numpy()
+    u = torch.rand(len(w), generator=generator(check_seed(seed)), dtype=torch.float64).numpy()
     log_u = np.log(u)
     index = np.empty(len(w), dtype=np.int64)
     accepted = np.zeros(len(w), dtype=bool)
