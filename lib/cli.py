@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diffusion times of the loss: uniform in t (paper) or log-normal noise levels (EDM)")
     t.add_argument("--ema", type=_finite, default=None, help="EMA decay of the weights, e.g. 0.999")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use only the first N configurations")
+    t.add_argument("--n-validation", type=_positive_int, default=None,
+                   help="hold out the next N configurations and record their DSM loss every epoch")
+    t.add_argument("--patience", type=_positive_int, default=None,
+                   help="early stopping: stop when the held-out loss has not improved for this many epochs "
+                        "(needs --n-validation); sampling then uses the best epoch's weights")
     t.add_argument("--seed", type=_nonneg_int, required=True, help="fixes the initial weights and the training")
     t.add_argument("--grad-clip", type=_finite, default=None, help="clip the gradient norm")
     t.add_argument("--device", default="auto")
@@ -306,12 +311,19 @@ def cmd_train(a) -> int:
                                       "zero_mode_weight": "--zero-mode-weight"},
                       epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema, z2_augment=a.z2_augment,
                       normalisation=a.normalise, grad_clip=a.grad_clip, zero_mode_weight=a.zero_mode_weight,
-                      amp=a.amp, t_sampling=a.t_sampling)
+                      amp=a.amp, t_sampling=a.t_sampling, patience=a.patience)
+    if a.patience and not a.n_validation:
+        raise CLIError("--patience needs held-out configurations: add --n-validation N", status=2)
     device = _device(a.device)
     ens = _load_ensemble(a.ensemble)
     if a.n_train and a.n_train > len(ens):
         raise CLIError(f"--n-train {a.n_train} exceeds the {len(ens)} configurations in {a.ensemble}", status=2)
-    configs = ens.configs[: a.n_train] if a.n_train else ens.configs
+    n_train = a.n_train or len(ens)
+    if a.n_validation and n_train + a.n_validation > len(ens):
+        raise CLIError(f"--n-validation {a.n_validation}: only {len(ens) - n_train} configurations follow the "
+                       f"{n_train} training ones in {a.ensemble}", status=2)
+    configs = ens.configs[:n_train]
+    validation = ens.configs[n_train:n_train + a.n_validation] if a.n_validation else None
     sde = make_sde(a.sde, a.sigma)
     zm_sd = (a.zero_mode_sd if a.zero_mode_sd is not None
              else zero_mode_scale(configs, a.normalise) if a.zero_mode_head else 0.5)
@@ -331,10 +343,14 @@ def cmd_train(a) -> int:
             "theory": ens.metadata.get("theory"), "normalisation": a.normalise}
     try:
         trainer = train_score_model(configs, model, settings, seed=seed, checkpoint=a.out, device=device,
-                                    metadata=meta, progress_bar=not a.no_progress, resume=a.resume)
+                                    metadata=meta, progress_bar=not a.no_progress, resume=a.resume,
+                                    validation=validation)
     except NonFiniteLoss as exc:
         raise CLIError(str(exc)) from None
-    print(f"trained {trainer.epoch} epochs, final loss {trainer.history[-1]:.4g}; checkpoint {a.out}", file=sys.stderr)
+    held = (f", held-out loss {trainer.validation_history[-1]:.4g} (best at epoch {trainer.best_epoch}"
+            + ("; stopped early" if trainer.stopped_early else "") + ")") if trainer.validation_history else ""
+    print(f"trained {trainer.epoch} epochs, final loss {trainer.history[-1]:.4g}{held}; checkpoint {a.out}",
+          file=sys.stderr)
     return 0
 
 

@@ -157,3 +157,101 @@ def results_page(spec, book_dir) -> str:
             lines.append(f"| {' | '.join(cells)} | {{doc}}`{row.get('where', ch)} <{ch}>` |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------- the U-Net (paper Fig. 10)
+def unet_layer_shapes(model, lattice_size: int) -> dict:
+    """The (channels, L, L) shapes entering and leaving each block of a
+    :class:`lib.diffusion.networks.LatticeUNet`, measured with forward hooks on a zero field of
+    size ``lattice_size``: ``{"enc0": (in, out), …, "enc3", "dec0", "dec1", "dec2", "final"}``."""
+    import torch
+
+    shapes, hooks = {}, []
+    blocks = ([(f"enc{i}", m) for i, m in enumerate(model.convs)] + [(f"dec{i}", m) for i, m in enumerate(model.tconvs)]
+              + [("final", model.final)])
+    for name, module in blocks:
+        hooks.append(module.register_forward_hook(
+            lambda mod, inp, out, name=name: shapes.__setitem__(name, (tuple(inp[0].shape[1:]), tuple(out.shape[1:])))))
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, lattice_size, lattice_size), dtype=p.dtype, device=p.device),
+                  torch.full((1,), 0.5, dtype=p.dtype, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def unet_diagram(model, lattice_size: int, ax=None):
+    """Draw a lattice U-Net (the paper's Fig. 10) from the shapes its blocks really produce
+    (:func:`unet_layer_shapes`): the encoder down the left (circular 3×3 convolutions), the decoder
+    up the right (transposed or circular convolutions), skip connections across (concatenation),
+    the time embedding added in every block, the output divided by σ_t. Returns the axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    shapes = unet_layer_shapes(model, lattice_size)
+    cfg = model.config
+    strides = cfg["strides"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 5.2))
+
+    W, H = 0.55, 0.22  # half width and half height of a box
+
+    def box(x, y, text, color):
+        ax.add_patch(FancyBboxPatch((x - W, y - H), 2 * W, 2 * H, boxstyle="round,pad=0.02", fc=color,
+                                    ec="k", lw=0.8))
+        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+
+    def arrow(start, end, ls="-"):
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", lw=0.9, ls=ls, color="0.25",
+                                                              shrinkA=0, shrinkB=0))
+
+    def label(x, y, text, ha="left"):
+        ax.text(x, y, text, fontsize=7, color="0.2", ha=ha, va="center")
+
+    def shape(s):
+        return f"{s[0]} × {s[1]} × {s[2]}"
+
+    xin, xe, xd, xout = -1.9, 0.0, 3.0, 4.9
+    box(xin, 0, "φ_t\n" + shape(shapes["enc0"][0]), "#eeeeee")
+    for i in range(4):
+        box(xe, -i, shape(shapes[f"enc{i}"][1]), "#cfe2f3")
+        what = f"3×3 circ. conv, stride {strides[i]}\n+ emb t, GroupNorm, swish"
+        if i == 0:
+            arrow((xin + W, 0), (xe - W, 0))
+            label((xin + xe) / 2, 0.42, what, ha="center")
+        else:
+            arrow((xe, -(i - 1) - H), (xe, -i + H))
+            label(xe - 0.12, -i + 0.5, what, ha="right")
+    for k in range(3):  # dec0 leaves level 3 for level 2, dec1 for level 1, dec2 for level 0
+        level = 2 - k
+        box(xd, -level, shape(shapes[f"dec{k}"][1]), "#f9e0c7")
+        up = ("2×2 transp. conv, stride 2" if strides[level + 1] == 2 else "3×3 circ. conv") + "\n+ emb t, GN, swish"
+        if k == 0:
+            arrow((xe + W, -3), (xd, -level - H))
+            label((xe + xd) / 2 + 0.25, -2.75, up)
+        else:
+            arrow((xd, -(level + 1) + H), (xd, -level - H))
+            label(xd + 0.12, -level - 0.5, up)
+        arrow((xe + W, -level), (xd - W, -level), ls="--")
+        label((xe + xd) / 2, -level + 0.12, "concat (skip)", ha="center")
+    box(xout, 0, "s_θ(φ_t, t)\n" + shape(shapes["final"][1]), "#d9ead3")
+    arrow((xd + W, 0), (xout - W, 0))
+    label((xd + xout) / 2, 0.42, ("2×2 transp. conv" if strides[0] == 2 else "3×3 circ. conv") + "\n÷ σ_t",
+          ha="center")
+    notes = ["time t → Gaussian Fourier features (dim %d) → dense → swish: 'emb t'" % cfg.get("embed_dim", 256)]
+    if cfg.get("zero_mode_head"):
+        notes.append("zero-mode head: U-Net output made mean-free; the zero mode from an MLP of (M_t, ln s₀)")
+    if cfg.get("skip_var") is not None:
+        notes.append("Gaussian skip: + score of Gaussian sites, −x/(Ξ(t) + v)")
+    if cfg.get("odd"):
+        notes.append("odd: s(φ) = ½[ŝ(φ) − ŝ(−φ)]")
+    n_par = sum(p.numel() for p in model.parameters())
+    notes.append(f"{n_par:,} parameters; channels {cfg['channels']}, strides {strides}, L = {lattice_size}")
+    ax.text(xin - W, -3.45, "\n".join(notes), fontsize=7.5, va="top")
+    ax.set_xlim(xin - 0.7, xout + 0.7)
+    ax.set_ylim(-4.3, 0.8)
+    ax.axis("off")
+    return ax

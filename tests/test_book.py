@@ -327,7 +327,7 @@ def _check_provenance(nb):
                 f"row {rec['label']!r} was computed from a {ens.metadata['sampler']!r} ensemble ({rec['file']})")
             orders = tuple(int(n) for n in rec["cumulants"])
             again = rescaled_site_cumulants(ens.configs[rec["start"]:rec["stop"]], rec["lo"], rec["hi"], orders,
-                                            n_blocks=rec["n_blocks"])
+                                            n_blocks=rec["n_blocks"], symmetrise=rec.get("symmetrised", False))
             for n in orders:
                 assert np.allclose(again[n], rec["cumulants"][str(n)], rtol=1e-10, atol=0), (rec["label"], n)
             files.setdefault(want, set()).add(rec["file"])

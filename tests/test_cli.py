@@ -193,3 +193,19 @@ def test_train_with_zero_mode_head(ensemble, tmp_path):
     r = run("train", ensemble, "--out", tmp_path / "w.pt", "--epochs", 1, "--channels", "4,8,8,8", "--seed", 0,
             "--zero-mode-weight", 0, "--no-progress")
     assert r.returncode == 2 and "zero-mode-weight" in r.stderr
+
+
+def test_train_with_held_out_configurations_and_patience(ensemble, tmp_path):
+    import torch
+
+    out = tmp_path / "es.pt"
+    r = run("train", ensemble, "--out", out, "--epochs", 2, "--channels", "4,8,8,8", "--strides", "1,1,1,1",
+            "--seed", 0, "--n-train", 64, "--n-validation", 32, "--patience", 5, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "held-out loss" in r.stderr and "best at epoch" in r.stderr
+    state = torch.load(out, weights_only=False)
+    assert len(state["validation_history"]) == 2 and state["settings"]["patience"] == 5
+    assert "n-validation" in _one_line_error(run("train", ensemble, "--out", tmp_path / "p.pt", "--epochs", 1,
+                                                 "--seed", 0, "--patience", 3, "--channels", "4,8,8,8"))
+    assert "only" in _one_line_error(run("train", ensemble, "--out", tmp_path / "q.pt", "--epochs", 1, "--seed", 0,
+                                         "--n-train", 64, "--n-validation", 10 ** 6, "--channels", "4,8,8,8"))

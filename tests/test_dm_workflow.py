@@ -194,6 +194,32 @@ def test_longer_training_continues_a_shorter_cached_run(broken_ensemble, tmp_pat
     assert s4["history"][0] != s1["history"][0]
 
 
+def test_held_out_configurations_and_early_stopping_in_the_cached_workflow(broken_ensemble, tmp_path):
+    """n_validation holds out the configurations after the first n_train: it enters the request
+    (and only then), the checkpoint records a held-out loss per epoch, equal to the one computed
+    from those configurations; patience without held-out data is refused in one line."""
+    from lib.diffusion import held_out_loss, load_model
+
+    ens, _ = broken_ensemble
+    sde = make_sde("ve")
+    kw = dict(seed=4, normalisation="maxabs", epochs=2, cache_dir=tmp_path, progress_bar=False, verbose=False)
+    _, s0, p0 = cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), n_train=192, **kw)
+    _, s1, p1 = cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), n_train=192, n_validation=64,
+                                   **kw)
+    assert p0 != p1 and "n_validation" not in s0["metadata"]["request"]
+    assert s1["metadata"]["request"]["n_validation"] == 64 and s0["history"] == s1["history"]
+    assert len(s1["validation_history"]) == 2 and s1["best_epoch"] in (1, 2)
+    last, _ = load_model(p1, best=False)
+    norm = lib.diffusion.Normaliser.from_dict(s1["metadata"]["normaliser"])
+    held = norm.forward(torch.as_tensor(ens.configs[192:256])).float()
+    settings = lib.diffusion.TrainSettings.from_dict(s1["settings"])
+    assert held_out_loss(last, held, settings, seed=4) == pytest.approx(s1["validation_history"][-1], rel=1e-5)
+    with pytest.raises(ValueError, match="n_validation > 0"):
+        cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), n_train=192, patience=2, **kw)
+    with pytest.raises(ValueError, match="n_validation must lie"):
+        cached_score_model(ens, default_model(sde, (8, 8), **SMALL_UNET), n_train=192, n_validation=65, **kw)
+
+
 def test_generated_ensemble_shape_metadata_and_cache(broken_ensemble):
     ens, d = broken_ensemble
     sde = make_sde("ve")
@@ -339,3 +365,25 @@ def test_tweedie_denoise_is_the_exact_posterior_mean_for_a_gaussian(kind):
     for t in (0.1, 0.5, 0.9):
         f, xi = float(sde.f(torch.tensor(t))), float(sde.Xi(torch.tensor(t)))
         assert torch.allclose(tweedie_denoise(Exact(), x, t), f * v * x / (f * f * v + xi), atol=1e-10)
+
+
+@pytest.mark.parametrize("strides", [(1, 2, 2, 2), (1, 1, 1, 1)])
+def test_unet_diagram_shows_the_shapes_the_network_produces(strides):
+    """The Fig. 10 drawing reads its shapes from hooks on a real forward pass: channels follow
+    the configuration, each stride-2 level halves L, the decoder mirrors the encoder (its inputs
+    carry the concatenated skips), the output has the field's shape; no hook is left behind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lib.display import unet_diagram, unet_layer_shapes
+
+    ch = (4, 8, 8, 16)
+    net = default_model(make_sde("ve"), (16, 16), channels=ch, strides=strides)
+    shapes = unet_layer_shapes(net, 16)
+    sizes = [16 // int(np.prod(strides[:i + 1])) for i in range(4)]
+    assert [shapes[f"enc{i}"][1] for i in range(4)] == [(ch[i], sizes[i], sizes[i]) for i in range(4)]
+    assert [shapes[f"dec{k}"][1] for k in range(3)] == [(ch[2 - k], sizes[2 - k], sizes[2 - k]) for k in range(3)]
+    assert shapes["dec1"][0][0] == 2 * ch[2] and shapes["final"] == ((2 * ch[0], 16, 16), (1, 16, 16))
+    ax = unet_diagram(net, 16)
+    assert any("parameters" in t.get_text() for t in ax.texts)
+    assert not any(m._forward_hooks for m in net.modules())

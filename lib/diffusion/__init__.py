@@ -10,7 +10,7 @@ from .networks import LatticeUNet, MLPScore, build_score_model
 from .samplers import (SAMPLERS, SampleResult, SampleSettings, SamplerFailed, euler_maruyama, predictor_corrector,
                        probability_flow)
 from .sde import VESDE, VPSDE, make_sde, sde_from_dict
-from .training import EMA, Normaliser, Trainer, TrainSettings, load_checkpoint, load_model
+from .training import EMA, HeldOutLoss, Normaliser, Trainer, TrainSettings, held_out_loss, load_checkpoint, load_model
 from .paths import PathSettings, path_sample
 from .dmmc import DMMCResult, DMMCSettings, dm_mc_chain, theory_of_checkpoint
 from .workflow import (cached_dm_ensemble, cached_dm_path_proposals, cached_log_likelihood, cached_score_model,
@@ -25,6 +25,6 @@ __all__ = ["dmmc", "DMMCResult", "DMMCSettings", "dm_mc_chain", "theory_of_check
            "cached_log_likelihood", "model_log_likelihood", "dsm_loss", "LatticeUNet", "MLPScore",
            "build_score_model", "SAMPLERS", "SampleResult", "SampleSettings", "SamplerFailed", "euler_maruyama",
            "predictor_corrector", "probability_flow", "VESDE", "VPSDE", "make_sde", "sde_from_dict", "EMA",
-           "Normaliser", "Trainer", "TrainSettings", "load_checkpoint", "load_model", "cached_dm_ensemble",
+           "HeldOutLoss", "held_out_loss", "Normaliser", "Trainer", "TrainSettings", "load_checkpoint", "load_model", "cached_dm_ensemble",
            "cached_score_model", "check_lattice", "default_model", "effective_action", "generate",
            "score_model_request", "site_variance", "train_score_model", "tweedie_denoise", "zero_mode_scale"]

@@ -17,12 +17,21 @@ from ..runtime import per_sample
 
 
 def sample_times(sde, n: int, generator=None, eps: float = 1e-5, t_sampling: str = "uniform",
-                 p_mean: float = -1.2, p_std: float = 1.2, device=None, dtype=torch.float32) -> torch.Tensor:
+                 p_mean: float = -1.2, p_std: float = 1.2, device=None, dtype=torch.float32,
+                 u: torch.Tensor | None = None) -> torch.Tensor:
     r"""Diffusion times for the loss: ``"uniform"``, t ~ U(ε, T) (the paper's), or ``"lognormal"``,
     the noise level σ̃(t) = √Ξ/f log-normal, ln σ̃ ~ N(p_mean, p_std²) (Karras et al. 2022), mapped
     to t and clamped to [ε, T] — more weight where the denoising is hardest, none wasted at
-    σ̃ ≫ the data's scale."""
-    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    σ̃ ≫ the data's scale.
+
+    ``u``: uniform numbers in [0, 1) to map instead of fresh draws (t = F⁻¹(u), the quantile
+    function of the distribution; e.g. stratified u for a low-variance, reproducible estimate)."""
+    if u is None:
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    else:
+        u = torch.as_tensor(u, device=device, dtype=torch.float64)
+        if u.shape != (n,) or bool(((u < 0) | (u > 1)).any()):
+            raise ValueError(f"u must hold {n} numbers in [0, 1]")
     if t_sampling == "uniform":
         return (eps + (sde.T - eps) * u).to(dtype)
     if t_sampling != "lognormal":

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..rng import check_seed
+from ..rng import SampleStreams, check_seed, default_block
 from ..runtime import memory_limit, per_sample, progress, resolve_device
 from ..settings import Settings, choice, dtype_name, positive_float, positive_int, setting
 from ..storage.files import lib_version, load_checkpoint_file, save_checkpoint
-from .loss import dsm_loss
+from .loss import dsm_loss, sample_times
 from .networks import build_score_model
 
 CHECKPOINT_FORMAT = "dmsq-checkpoint-v2"
@@ -32,7 +32,10 @@ class TrainSettings(Settings):
     network's range (:class:`Normaliser`); ``zero_mode_weight``: weight of the zero mode in the
     loss (:func:`lib.diffusion.loss.dsm_loss`; 1 is eq. 3.4); ``grad_clip``: clip the gradient
     norm; ``amp``: bf16 autocast on CUDA; ``dtype``: of the network and data; ``t_sampling``:
-    how diffusion times are drawn (:func:`lib.diffusion.loss.sample_times`; ``"uniform"`` is eq. 3.4).
+    how diffusion times are drawn (:func:`lib.diffusion.loss.sample_times`; ``"uniform"`` is eq. 3.4);
+    ``patience``: early stopping — with held-out data (:class:`Trainer`'s ``validation``), stop
+    when the held-out loss (:func:`held_out_loss`) has not improved for this many epochs, and
+    sample with the weights of its best epoch (not in the paper, which trains 250 epochs).
     """
 
     stage = "train"
@@ -48,6 +51,7 @@ class TrainSettings(Settings):
     amp: bool = False
     dtype: str = "float32"
     t_sampling: str = setting("uniform", omit_at_default=True)
+    patience: int | None = setting(None, omit_at_default=True)
 
     def __post_init__(self):
         positive_int("epochs", self.epochs)
@@ -70,10 +74,69 @@ class TrainSettings(Settings):
         self._set("amp", bool(self.amp))
         self._set("dtype", dtype_name("dtype", self.dtype))
         choice("t_sampling", self.t_sampling, ("uniform", "lognormal"))
+        if self.patience is not None:
+            positive_int("patience", self.patience)
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
+
+
+VALIDATION_DOMAIN = "dm-validation"
+
+
+class HeldOutLoss:
+    r"""The DSM loss of eq. (3.4) on held-out configurations, with every random number fixed.
+
+    Each held-out configuration i is evaluated at ``n_times`` stratified diffusion times
+    t_{ik} = F⁻¹((k + u_{ik})/n_times), k = 0 … n_times − 1, with F the training's own time
+    distribution (``t_sampling``, ``eps``), and noise z_{ik}; u and z come from the random stream
+    (seed, i) alone. The estimate
+
+    .. math:: \hat{\mathcal L} = \frac{1}{n\,K}\sum_{i,k}
+              \big\| σ_{t_{ik}}\, s_θ(x_{0,i} + σ_{t_{ik}} z_{ik},\, t_{ik}) + z_{ik} \big\|^2
+
+    is unbiased for the loss the training minimises, but on data the network never saw; with the
+    draws fixed, its changes from one epoch to the next are the network's. It falls while the
+    model generalises and rises once it memorises its training set (chapter 9). Holds
+    n · n_times copies of a configuration in memory.
+    """
+
+    def __init__(self, data: torch.Tensor, seed: int, settings: TrainSettings, n_times: int = 4,
+                 batch_size: int = 256):
+        if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
+            raise ValueError("held-out data must be a tensor of shape (n >= 1, *shape)")
+        if not bool(torch.isfinite(data).all()):
+            raise ValueError("held-out data contain NaN or inf")
+        self.data, self.settings = data, settings
+        self.n_times, self.batch_size = positive_int("n_times", n_times), positive_int("batch_size", batch_size)
+        n, shape = data.shape[0], tuple(data.shape[1:])
+        streams = SampleStreams(VALIDATION_DOMAIN, check_seed(seed), 0, n, "cpu",
+                                block=default_block(math.prod(shape)))
+        self.u = streams.rand((self.n_times,), dtype=torch.float64)
+        self.z = streams.randn((self.n_times, *shape), dtype=torch.float64)
+
+    @torch.no_grad()
+    def __call__(self, model) -> float:
+        p = next(model.parameters())
+        like = dict(device=p.device, dtype=p.dtype)
+        n, k_max, st = self.data.shape[0], self.n_times, self.settings
+        total = 0.0
+        for k in range(k_max):
+            t = sample_times(model.sde, n, eps=st.eps, t_sampling=st.t_sampling, u=(k + self.u[:, k]) / k_max)
+            for i in range(0, n, self.batch_size):
+                j = min(n, i + self.batch_size)
+                loss = dsm_loss(model, self.data[i:j].to(**like), t=t[i:j].to(**like),
+                                z=self.z[i:j, k].to(**like), zero_mode_weight=st.zero_mode_weight,
+                                reduction="none")
+                total += float(loss.double().sum())
+        return total / (n * k_max)
+
+
+def held_out_loss(model, data: torch.Tensor, settings: TrainSettings | None = None, *, seed: int,
+                  n_times: int = 4) -> float:
+    """The held-out DSM loss of ``model`` on ``data`` (network units): see :class:`HeldOutLoss`."""
+    return HeldOutLoss(torch.as_tensor(data), seed, TrainSettings.build(settings), n_times)(model)
 
 
 class NonFiniteLoss(ValueError):
@@ -127,11 +190,19 @@ class Trainer:
         configuration, seed and settings but ``epochs`` must match), so an interrupted run
         continues to the same result; with ``resume=False`` it is replaced after the first epoch.
     metadata : dict stored in the checkpoint (e.g. the training ensemble's metadata).
+    validation : tensor (m, *shape) of held-out configurations, normalised like ``data``. After
+        every epoch the held-out loss of the sampling weights (:class:`HeldOutLoss`, draws fixed
+        by ``seed``) is recorded in ``validation_history`` and the weights of the best epoch are
+        kept (``best_epoch``); with ``settings.patience`` training stops once the loss has not
+        improved for that many epochs (``stopped_early``).
     """
 
     def __init__(self, model, data: torch.Tensor, settings: TrainSettings | None = None, *, seed: int,
-                 checkpoint=None, device=None, metadata: dict | None = None, resume: bool = True, **overrides):
+                 checkpoint=None, device=None, metadata: dict | None = None, resume: bool = True,
+                 validation: torch.Tensor | None = None, **overrides):
         self.settings = TrainSettings.build(settings, **overrides)
+        if self.settings.patience is not None and validation is None:
+            raise ValueError("early stopping (patience) needs held-out configurations: pass validation=...")
         self.seed = check_seed(seed)
         if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
             raise ValueError("training data must be a tensor of shape (n >= 1, *shape)")
@@ -151,6 +222,12 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.resume = bool(resume)
         self.metadata = dict(metadata or {})
+        self.held_out = (HeldOutLoss(validation.to(self.dtype), self.seed, self.settings)
+                         if validation is not None else None)
+        self.validation_history: list[float] = []
+        self.best_epoch = 0
+        self.best_weights: dict | None = None
+        self.stopped_early = False
 
     # ------------------------------------------------------------------ training
     def train_epoch(self) -> float:
@@ -190,18 +267,32 @@ class Trainer:
             self._resume(self.checkpoint)
         bar = progress(total=epochs, initial=min(self.epoch, epochs), desc="training", disable=not progress_bar,
                        unit="epoch")
-        while self.epoch < epochs:
+        while self.epoch < epochs and not self.stopped_early:
             t0 = time.perf_counter()
             loss = self.train_epoch()
             self.epoch += 1
             self.history.append(loss)
+            if self.held_out is not None:
+                self._validate()
             self.epoch_seconds.append(time.perf_counter() - t0)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}")
+            bar.set_postfix(loss=f"{loss:.4g}", **({"held_out": f"{self.validation_history[-1]:.4g}"}
+                                                   if self.validation_history else {}))
             if self.checkpoint is not None:
                 self.save(self.checkpoint)
         bar.close()
         return self.history
+
+    def _validate(self) -> None:
+        """Record the held-out loss of this epoch; keep the best weights; decide early stopping."""
+        model = self.sampling_model()
+        value = self.held_out(model)
+        self.validation_history.append(value)
+        if self.best_weights is None or value < min(self.validation_history[:-1]):
+            self.best_epoch = self.epoch
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if self.settings.patience is not None and self.epoch - self.best_epoch >= self.settings.patience:
+            self.stopped_early = True
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -213,6 +304,8 @@ class Trainer:
                 "device_type": self.device.type, "epoch": self.epoch, "history": self.history,
                 "settings": self.settings.to_dict(), "seed": self.seed,
                 "data_fingerprint": _fingerprint(self.data),
+                "validation_history": self.validation_history, "best_epoch": self.best_epoch,
+                "best_weights": self.best_weights, "stopped_early": self.stopped_early,
                 "metadata": self.metadata, "lib_version": lib_version()}
 
     def save(self, path) -> None:
@@ -240,9 +333,22 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.epoch_seconds = list(state["epoch_seconds"])[:self.epoch]
+        if self.held_out is not None:
+            if len(state.get("validation_history") or []) != self.epoch:
+                raise ValueError(f"checkpoint {path} has no held-out loss for every epoch; not resuming")
+            self.validation_history = list(state["validation_history"])
+            self.best_epoch, self.best_weights = int(state["best_epoch"]), state["best_weights"]
+            self.stopped_early = bool(state.get("stopped_early", False))
 
-    def sampling_model(self):
-        """The model to sample with: a copy carrying the EMA weights if EMA is on."""
+    def sampling_model(self, best: bool = False):
+        """The model to sample with: a copy carrying the EMA weights if EMA is on; with ``best``,
+        the sampling weights of the epoch with the lowest held-out loss (needs ``validation``)."""
+        if best:
+            if self.best_weights is None:
+                raise ValueError("no held-out loss was recorded: train with validation=... to keep the best weights")
+            m = copy.deepcopy(self.model)
+            m.load_state_dict(self.best_weights)
+            return m
         if not self.ema:
             return self.model
         m = copy.deepcopy(self.model)
@@ -307,8 +413,11 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def load_model(path, device=None, ema: bool = True):
+def load_model(path, device=None, ema: bool = True, best: bool | None = None):
     """Rebuild the score model stored in a checkpoint (EMA weights when present and ``ema``).
+
+    ``best``: the sampling weights of the epoch with the lowest held-out loss instead; by default
+    exactly when the checkpoint was trained with early stopping (``patience``).
 
     The stored configuration is first built on the ``meta`` device, which allocates nothing: a
     damaged or forged configuration, weights that do not fit it, or a network larger than this
@@ -316,7 +425,12 @@ def load_model(path, device=None, ema: bool = True):
     Returns ``(model, state)``.
     """
     state = load_checkpoint(path)
-    weights = state["ema"] if (ema and state.get("ema") is not None) else state["model"]
+    if best is None:
+        best = state["settings"].get("patience") is not None
+    if best and state.get("best_weights") is None:
+        raise ValueError(f"{path} has no best weights (trained without held-out data)")
+    weights = (state["best_weights"] if best
+               else state["ema"] if (ema and state.get("ema") is not None) else state["model"])
     try:
         with torch.device("meta"):
             shell = build_score_model(state["model_config"])

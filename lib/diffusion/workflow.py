@@ -74,11 +74,13 @@ def site_variance(configs, normalisation: str = "minmax") -> float:
 
 def train_score_model(configs, model, settings: TrainSettings | None = None, *, seed: int, checkpoint=None,
                       device=None, metadata: dict | None = None, progress_bar: bool = True, resume: bool = True,
-                      **overrides) -> Trainer:
+                      validation=None, **overrides) -> Trainer:
     """Normalise ``configs`` (n, *lattice) as ``settings.normalisation`` says, train ``model`` with
     denoising score matching for ``settings.epochs`` and return the :class:`Trainer` (its
     checkpoint, if any, holds everything needed to sample: model configuration, weights,
     normaliser, settings, training metadata). Keyword arguments override single settings.
+    ``validation``: held-out configurations (physical units, normalised like ``configs``) whose DSM
+    loss is recorded every epoch; needed for early stopping (``patience``).
     """
     settings = TrainSettings.build(settings, **overrides)
     x = torch.as_tensor(np.asarray(configs) if not isinstance(configs, torch.Tensor) else configs)
@@ -90,9 +92,16 @@ def train_score_model(configs, model, settings: TrainSettings | None = None, *, 
     if (settings.z2_augment or getattr(model, "odd", False)) and not norm.symmetric:
         raise ValueError("Z2 augmentation / an odd network need a symmetric normalisation: use 'maxabs' or 'none'")
     data = norm.forward(x.double()).to(settings.torch_dtype)
+    held_out = None
+    if validation is not None:
+        v = torch.as_tensor(np.asarray(validation) if not isinstance(validation, torch.Tensor) else validation)
+        if v.ndim != x.ndim or tuple(v.shape[1:]) != tuple(x.shape[1:]) or v.shape[0] < 1:
+            raise ValueError(f"held-out configurations must have shape (m, {', '.join(map(str, x.shape[1:]))}), "
+                             f"got {tuple(v.shape)}")
+        held_out = norm.forward(v.double()).to(settings.torch_dtype)
     meta = {**(metadata or {}), "normaliser": norm.to_dict(), "lattice_shape": list(x.shape[1:])}
     trainer = Trainer(model.to(settings.torch_dtype), data, settings, seed=seed, checkpoint=checkpoint,
-                      device=device, metadata=meta, resume=resume)
+                      device=device, metadata=meta, resume=resume, validation=held_out)
     trainer.fit(progress_bar=progress_bar)
     return trainer
 
@@ -206,24 +215,34 @@ def ensemble_identity(metadata: dict) -> str:
     return content_hash({k: v for k, v in metadata.items() if k != "device"})
 
 
-def score_model_request(ensemble, model, settings: TrainSettings, *, n_train: int, seed: int) -> dict:
+def score_model_request(ensemble, model, settings: TrainSettings, *, n_train: int, seed: int,
+                        n_validation: int = 0) -> dict:
     """The JSON request that identifies a trained score model: the training ensemble (its own
-    cache key), how many of its configurations, the network and SDE, the training settings' key
-    and the seed. Two calls with equal requests train the same model (up to the device)."""
-    return {"kind": "dm-score-model", "training_ensemble": ensemble_identity(ensemble.metadata),
-            "theory": ensemble.metadata.get("theory"), "n_train": int(n_train), "model": model.config,
-            "settings": settings.key(), "seed": int(seed), "lib_version": lib_version()}
+    cache key), how many of its configurations (and how many after them are held out), the
+    network and SDE, the training settings' key and the seed. Two calls with equal requests train
+    the same model (up to the device)."""
+    request = {"kind": "dm-score-model", "training_ensemble": ensemble_identity(ensemble.metadata),
+               "theory": ensemble.metadata.get("theory"), "n_train": int(n_train), "model": model.config,
+               "settings": settings.key(), "seed": int(seed), "lib_version": lib_version()}
+    if n_validation:
+        request["n_validation"] = int(n_validation)
+    return request
 
 
 def cached_score_model(ensemble, model, settings: TrainSettings | None = None, *, seed: int,
-                       n_train: int | None = None, device=None, cache_dir=None, progress_bar: bool = True,
-                       verbose: bool = True, **overrides):
+                       n_train: int | None = None, n_validation: int = 0, device=None, cache_dir=None,
+                       progress_bar: bool = True, verbose: bool = True, **overrides):
     """Train a score network on the first ``n_train`` configurations of ``ensemble`` (an
     :class:`lib.storage.Ensemble`) with ``settings`` (:class:`TrainSettings`; keyword arguments
     override single settings), or load it if a model with exactly this request is cached.
 
     ``model`` gives the architecture only (``model.config``); the network is initialised afresh
     from ``seed``, which also seeds the training, so the request determines the result.
+
+    ``n_validation``: hold out the next ``n_validation`` configurations of the ensemble (after the
+    first ``n_train``) and record their DSM loss every epoch (:class:`HeldOutLoss`); with the
+    setting ``patience`` training stops when it no longer improves, and the returned model carries
+    the weights of its best epoch.
 
     The checkpoint ``dm-<hash>.pt`` in the cache directory (``$DMSQ_CACHE``) is written after
     every epoch, so an interrupted run resumes where it stopped; a finished checkpoint whose
@@ -240,11 +259,17 @@ def cached_score_model(ensemble, model, settings: TrainSettings | None = None, *
     n_train = len(ensemble) if n_train is None else int(n_train)
     if not 1 <= n_train <= len(ensemble):
         raise ValueError(f"n_train must lie between 1 and {len(ensemble)}, got {n_train}")
-    request = score_model_request(ensemble, model, settings, n_train=n_train, seed=seed)
+    n_validation = int(n_validation)
+    if not 0 <= n_validation <= len(ensemble) - n_train:
+        raise ValueError(f"n_validation must lie between 0 and {len(ensemble) - n_train} (the configurations "
+                         f"after the first n_train = {n_train}), got {n_validation}")
+    if settings.patience is not None and not n_validation:
+        raise ValueError("early stopping (patience) needs held-out configurations: pass n_validation > 0")
+    request = score_model_request(ensemble, model, settings, n_train=n_train, seed=seed, n_validation=n_validation)
     path = _cache_dir(cache_dir) / f"dm-{content_hash(request)}.pt"
     with cache_lock(path):
         return _train_or_load(path, request, ensemble, model.config, settings, n_train, seed, device, progress_bar,
-                              verbose)
+                              verbose, n_validation)
 
 
 def _without_epochs(request: dict) -> dict:
@@ -267,14 +292,15 @@ def _shorter_run(path, request, device):
         req = state["metadata"].get("request") or {}
         if (isinstance(req.get("settings"), dict) and _without_epochs(req) == want
                 and req["settings"].get("epochs", 0) < request["settings"]["epochs"]
-                and state["epoch"] >= req["settings"]["epochs"]
+                and state["epoch"] >= req["settings"]["epochs"] and not state.get("stopped_early")
                 and state["device_type"] == resolve_device(device).type
                 and (best is None or state["epoch"] > best[1]["epoch"])):
             best = (other, state)
     return best
 
 
-def _train_or_load(path, request, ensemble, model_config, settings, n_train, seed, device, progress_bar, verbose):
+def _train_or_load(path, request, ensemble, model_config, settings, n_train, seed, device, progress_bar, verbose,
+                   n_validation=0):
     if not path.exists():
         shorter = _shorter_run(path, request, device)
         if shorter is not None:  # continue a shorter cached run of the same model instead of starting afresh
@@ -296,7 +322,7 @@ def _train_or_load(path, request, ensemble, model_config, settings, n_train, see
             if state["metadata"].get("request") != request:
                 raise ValueError(f"cache file {path} holds a different model; it was not overwritten — "
                                  "remove it by hand")
-            if state["epoch"] >= settings.epochs:
+            if state["epoch"] >= settings.epochs or state.get("stopped_early"):
                 if verbose:
                     print(f"loaded cached score model {shown(path)} ({state['epoch']} epochs)")
                 model, state = load_model(path, device=device, ema=True)
@@ -305,10 +331,13 @@ def _train_or_load(path, request, ensemble, model_config, settings, n_train, see
                 print(f"resuming {shown(path)} at epoch {state['epoch']} of {settings.epochs}")
     meta = {"request": request, "training_ensemble": ensemble.metadata}
     model = build_score_model(model_config, seed=seed)
+    validation = ensemble.configs[n_train:n_train + n_validation] if n_validation else None
     trainer = train_score_model(ensemble.configs[:n_train], model, settings, seed=seed, checkpoint=path,
-                                device=device, metadata=meta, progress_bar=progress_bar)
+                                device=device, metadata=meta, progress_bar=progress_bar, validation=validation)
     if verbose:
-        print(f"trained score model {shown(path)} ({settings.epochs} epochs, {sum(trainer.epoch_seconds):.0f} s)")
+        print(f"trained score model {shown(path)} ({trainer.epoch} epochs, {sum(trainer.epoch_seconds):.0f} s"
+              + (f"; stopped early, best held-out loss at epoch {trainer.best_epoch}" if trainer.stopped_early
+                 else "") + ")")
     model, state = load_model(path, device=device, ema=True)
     return model, state, path
 
