@@ -311,6 +311,7 @@ def _check_provenance(nb):
     record names, and that file must hold what the label says (HMC rows from HMC ensembles, DM
     rows from generated ones) — the check that catches a 'DM' row computed from HMC data."""
     from lib.storage import load_ensemble
+    from lib.storage.cache import default_cache_dir
     from lib.analysis.observables import rescaled_site_cumulants
 
     for cell in nb.cells:
@@ -321,7 +322,8 @@ def _check_provenance(nb):
         assert records, "a provenance cell printed no records"
         files = {}
         for rec in records:
-            ens = load_ensemble(rec["file"])
+            # records name the file by its cache key, relative to $DMSQ_CACHE (not the machine's path)
+            ens = load_ensemble(default_cache_dir() / rec["file"])
             want = LABEL_SAMPLER[rec["label"].split()[0]]
             assert ens.metadata["sampler"] == want == rec["sampler"], (
                 f"row {rec['label']!r} was computed from a {ens.metadata['sampler']!r} ensemble ({rec['file']})")
@@ -360,7 +362,7 @@ def test_book_builds_without_warnings(built_book):
         assert colab in text, f"{page.name} has no Colab launch button to {colab}"
 
 
-def test_provenance_check_catches_a_row_from_the_wrong_data(tmp_path):
+def test_provenance_check_catches_a_row_from_the_wrong_data(tmp_path, monkeypatch):
     """A 'DM' row computed from an HMC ensemble (the mistake in one published table) must fail."""
     import lib
     from lib.analysis.observables import rescaled_site_cumulants
@@ -368,7 +370,8 @@ def test_provenance_check_catches_a_row_from_the_wrong_data(tmp_path):
     ens = lib.cached_hmc_ensemble(lib.Phi4(L=4, kappa=0.3, lam=0.022), 8, seed=1, n_burnin=2, n_spacing=2, eps=0.1,
                                   n_steps=5, cache_dir=tmp_path, progress_bar=False, verbose=False)
     k = rescaled_site_cumulants(ens.configs, -3.0, 3.0, (2, 4))
-    rec = {"file": str(ens.path), "sampler": "hmc", "start": 0, "stop": 8, "n_blocks": None, "lo": -3.0, "hi": 3.0,
+    monkeypatch.setenv("DMSQ_CACHE", str(tmp_path))  # records name files relative to the cache
+    rec = {"file": ens.path.name, "sampler": "hmc", "start": 0, "stop": 8, "n_blocks": None, "lo": -3.0, "hi": 3.0,
            "cumulants": {str(n): list(k[n]) for n in (2, 4)}}
 
     def notebook(records):
