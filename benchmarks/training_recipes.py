@@ -87,7 +87,8 @@ def summarise(rows, recipes, checkpoints):
         def first(name, slack):
             def ok(ep, t):
                 (m, e), (mg, eg) = table[(name, ep)]["excess"][t], goal["excess"][t]
-                return m <= mg + slack * math.hypot(e if e == e else 0.0, eg if eg == eg else 0.0)
+                err = math.hypot(*(0.0 if math.isnan(x) else x for x in (e, eg)))  # nan: one seed
+                return m <= mg + slack * err
             hit = next((ep for ep in checkpoints if all(ok(ep, t) for t in TIMES)), None)
             return None if hit is None else dict(epochs=hit, cpu_fraction=table[(name, hit)]["cpu"][0] / goal["cpu"][0])
 
@@ -128,8 +129,11 @@ def main():
                     help="print the summary of an earlier run's --json output and exit")
     a = ap.parse_args()
     if a.summarise:
-        d = json.loads(a.summarise.read_text())
-        rows = d["rows"]
+        try:
+            d = json.loads(a.summarise.read_text())
+            rows = d["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            ap.error(f"--summarise {a.summarise}: not the --json output of this benchmark ({exc})")
         recipes = list(dict.fromkeys(r["recipe"] for r in rows))
         checkpoints = sorted({r["epochs"] for r in rows})
         print(f"# {d['hardware']}, {d['threads']} thread(s); phi4 L={d['L']}; {d['seeds']} seed(s)")
