@@ -125,15 +125,24 @@ def main():
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of " + ", ".join(RECIPES))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", type=Path, default=None, help="write the rows and the summary here")
-    ap.add_argument("--summarise", type=Path, default=None, metavar="JSON",
-                    help="print the summary of an earlier run's --json output and exit")
+    ap.add_argument("--summarise", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="print the summary of earlier runs' --json output and exit; several files "
+                         "(other recipes on the same L, seeds and threads) are merged into one table")
     a = ap.parse_args()
     if a.summarise:
-        try:
-            d = json.loads(a.summarise.read_text())
-            rows = d["rows"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            ap.error(f"--summarise {a.summarise}: not the --json output of this benchmark ({exc})")
+        rows, runs = [], []
+        for path in a.summarise:
+            try:
+                d = json.loads(path.read_text())
+                rows += d["rows"]
+                runs.append((d["L"], d["seeds"], d["threads"], d["hardware"]))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                ap.error(f"--summarise {path}: not the --json output of this benchmark ({exc})")
+        if len(set(runs)) > 1:
+            ap.error("--summarise: the files differ in L, seeds, threads or hardware, so their CPU times "
+                     f"and data are not comparable: {sorted(set(runs))}")
+        if len({(r["recipe"], r["seed"], r["epochs"]) for r in rows}) < len(rows):
+            ap.error("--summarise: a recipe appears in more than one file")
         recipes = list(dict.fromkeys(r["recipe"] for r in rows))
         checkpoints = sorted({r["epochs"] for r in rows})
         print(f"# {d['hardware']}, {d['threads']} thread(s); phi4 L={d['L']}; {d['seeds']} seed(s)")

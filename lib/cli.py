@@ -158,9 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--L", type=_positive_int, default=None, help="lattice size (default: the training L)")
     from .diffusion.samplers import SAMPLER_HELP, SAMPLERS
 
-    g.add_argument("--sampler", choices=list(SAMPLERS), default="em",
-                   help="; ".join(f"{k}: {v}" for k, v in SAMPLER_HELP.items()))
-    g.add_argument("--steps", type=_positive_int, default=500, help="time steps of em and pc (paper: 500)")
+    g.add_argument("--sampler", choices=list(SAMPLERS), default=None,
+                   help="; ".join(f"{k}: {v}" for k, v in SAMPLER_HELP.items()) + " (default: em)")
+    g.add_argument("--steps", type=_positive_int, default=None,
+                   help="time steps of em and pc, noise levels of the others (default 500, the paper's)")
+    g.add_argument("--fast", action="store_true",
+                   help="the fastest settings measured at the accuracy of 500-step em, for this device: dpm2 "
+                        "with 48 levels, bf16 on a CPU (lib.diffusion.fast_settings)")
     g.add_argument("--rtol", type=_finite, default=1e-5, help="relative tolerance of the ode sampler")
     g.add_argument("--atol", type=_finite, default=1e-5, help="absolute tolerance of the ode sampler")
     g.add_argument("--churn", type=_finite, default=10.0,
@@ -169,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sigma-max", type=_finite, default=None,
                    help="cap on the first noise level of heun, churn, ddim, dpm2 (use e.g. 80 for VP models)")
     g.add_argument("--eps", type=_finite, default=1e-3, help="last diffusion time (paper: 1e-3)")
+    g.add_argument("--precision", choices=["float32", "bf16"], default=None,
+                   help="bf16: the network under bfloat16 autocast, about 2x faster on CPUs with AVX-512 BF16 "
+                        "and on recent GPUs (default float32, the paper's)")
     g.add_argument("--batch-size", type=_positive_int, default=1024)
     g.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
     g.add_argument("--device", default="auto")
@@ -364,11 +371,23 @@ def cmd_sample(a) -> int:
 
     _check_out(a.out, ".npz", a.force)
     seed = check_seed(a.seed)
+    device = _device(a.device)
+    if a.fast:
+        from .diffusion import fast_settings
+
+        given = [flag for flag, v in (("--sampler", a.sampler), ("--steps", a.steps), ("--precision", a.precision))
+                 if v is not None]
+        if given:
+            raise CLIError(f"--fast chooses the sampler, the steps and the precision; drop {', '.join(given)}",
+                           status=2)
+        winners = fast_settings(device)
+        a.sampler, a.steps, a.precision = winners.sampler, winners.n_steps, winners.precision
+    a.sampler, a.steps, a.precision = a.sampler or "em", a.steps or 500, a.precision or "float32"
     settings = _build(SampleSettings, {"n_steps": "--steps", "eps": "--eps", "rtol": "--rtol", "atol": "--atol",
                                        "churn": "--churn", "rho": "--rho", "sigma_max": "--sigma-max"},
                       sampler=a.sampler, n_steps=a.steps, eps=a.eps, ema=not a.no_ema, rtol=a.rtol, atol=a.atol,
-                      rho=a.rho, sigma_max=a.sigma_max, churn=a.churn if a.sampler == "churn" else 0.0)
-    device = _device(a.device)
+                      rho=a.rho, sigma_max=a.sigma_max, churn=a.churn if a.sampler == "churn" else 0.0,
+                      precision=a.precision)
     model, state = load_model(a.checkpoint, device=device, ema=settings.ema)
     meta_ck = state["metadata"]
     trained_shape = tuple(meta_ck.get("lattice_shape", ()))

@@ -209,3 +209,30 @@ def test_train_with_held_out_configurations_and_patience(ensemble, tmp_path):
                                                  "--seed", 0, "--patience", 3, "--channels", "4,8,8,8"))
     assert "only" in _one_line_error(run("train", ensemble, "--out", tmp_path / "q.pt", "--epochs", 1, "--seed", 0,
                                          "--n-train", 64, "--n-validation", 10 ** 6, "--channels", "4,8,8,8"))
+
+
+def test_sample_at_bf16_records_its_precision(checkpoint, tmp_path):
+    out = tmp_path / "gen16.npz"
+    r = run("sample", checkpoint, "--n", 4, "--out", out, "--seed", 1, "--steps", 10, "--precision", "bf16",
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    from lib.storage import load_ensemble
+
+    assert load_ensemble(out).metadata["settings"]["precision"] == "bf16"
+    assert "invalid choice" in run("sample", checkpoint, "--n", 4, "--out", tmp_path / "x.npz", "--seed", 1,
+                                   "--precision", "fp8").stderr
+
+
+def test_sample_fast_takes_the_measured_winners_of_this_device(checkpoint, tmp_path):
+    import lib.diffusion
+
+    out = tmp_path / "fast.npz"
+    r = run("sample", checkpoint, "--n", 4, "--out", out, "--seed", 1, "--fast", "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    from lib.storage import load_ensemble
+
+    written = load_ensemble(out).metadata["settings"]
+    assert lib.diffusion.fast_settings("cpu").key().items() <= written.items()
+    assert (written["sampler"], written["n_steps"], written["precision"]) == ("dpm2", 48, "bf16")
+    r = run("sample", checkpoint, "--n", 4, "--out", tmp_path / "y.npz", "--seed", 1, "--fast", "--sampler", "em")
+    assert "drop --sampler" in _one_line_error(r)

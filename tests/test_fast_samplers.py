@@ -141,3 +141,30 @@ def test_an_adaptive_solver_that_gives_up_says_what_to_try():
     rough = lambda x, t: 1e12 * torch.sin(1e9 * x * t[:, None])  # noqa: E731 - a score no solver can follow
     with pytest.raises(SamplerFailed, match="fixed-step sampler"):
         probability_flow(rough, sde, torch.randn(4, 1, dtype=torch.float64) * sde.prior_std(), sde.T, EPS)
+
+
+def test_bf16_precision_is_the_same_sampler_with_the_network_in_bf16():
+    """``precision="bf16"`` changes the network's arithmetic and nothing else: from the same seed
+    the configurations differ from float32's (the autocast is applied) by about bf16's unit
+    roundoff 2⁻⁸ ≈ 0.4 % compounded over a few layers (a 16-bit float with 8 significant bits
+    cannot do better, and a sampler bug — other noise, another grid — would give O(1)), an exact
+    score without a network is not touched, and the setting enters the cache key only when it is
+    not float32."""
+    from lib.diffusion import default_model, generate
+
+    sde = make_sde("ve", 25.0)
+    net = default_model(sde, (8, 8), channels=(8, 16, 16, 16)).eval()  # random weights
+    kw = dict(lattice_shape=(8, 8), sampler="dpm2", n_steps=6, batch_size=16, progress_bar=False)
+    x32, _ = generate(net, 16, 3, **kw)
+    x16, _ = generate(net, 16, 3, precision="bf16", **kw)
+    rel = float((x16 - x32).norm() / x32.norm())
+    assert 2.0**-12 < rel < 4 * 2.0**-8, rel  # measured: about 2⁻⁹
+    # an exact score (no network) is unchanged by the autocast
+    score = gaussian_score(sde, 0.5)
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0)) * 25
+    a = sample(score, sde, x_T, SampleSettings(sampler="heun", n_steps=8), None).x
+    b = sample(score, sde, x_T, SampleSettings(sampler="heun", n_steps=8, precision="bf16"), None).x
+    assert torch.equal(a, b)
+    assert "precision" not in SampleSettings().key() and SampleSettings(precision="bf16").key()["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        SampleSettings(precision="float16")

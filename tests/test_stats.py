@@ -394,3 +394,38 @@ def test_dsm_generalisation_gap_vanishes_for_a_model_that_never_saw_the_data():
     each = dsm_loss(Exact(), data[:64], t=t, z=z, reduction="none")
     assert each.shape == (64,)
     assert torch.allclose(each.mean(), dsm_loss(Exact(), data[:64], t=t, z=z))
+
+
+def test_pull_of_independent_estimates_is_standard_normal_and_sees_a_shift():
+    """Means of 100 Gaussian samples with their jackknife errors: the pull of two independent
+    estimates of the same mean has unit variance (2000 pairs: the sample standard deviation is
+    known to 1/sqrt(2·2000) ≈ 0.016; the t-distribution of 99 degrees of freedom adds 1 %),
+    and a shift of the mean by Δ moves it by Δ/√(2σ²/n)."""
+    from lib.analysis.stats import pull
+
+    rng = np.random.default_rng(7)
+    n_pairs, n = 2000, 100
+    x, y = rng.normal(size=(2, n_pairs, n))
+    ex, ey = x.std(axis=1, ddof=1) / np.sqrt(n), y.std(axis=1, ddof=1) / np.sqrt(n)
+    z = pull((x.mean(axis=1), ex), (y.mean(axis=1), ey))
+    assert z.shape == (n_pairs,)
+    assert abs(z.mean()) < N_SIGMA / np.sqrt(n_pairs)
+    assert abs(z.std() - 1.0) < 0.01 + N_SIGMA / np.sqrt(2 * n_pairs)
+    shift = 0.3  # 0.3 / sqrt(2/100) = 2.12 combined errors
+    z_shift = pull((x.mean(axis=1) + shift, ex), (y.mean(axis=1), ey))
+    assert abs(z_shift.mean() - shift / np.sqrt(2 / n)) < N_SIGMA * 1.01 / np.sqrt(n_pairs) + 0.03
+    # against an exact number, and a scalar pair
+    assert pull((1.5, 0.5), 1.0) == 1.0
+    assert isinstance(pull((1.0, 0.3), (0.0, 0.4)), float) and math.isclose(pull((1.0, 0.3), (0.0, 0.4)), 2.0)
+
+
+@pytest.mark.parametrize(
+    "a, b, match",
+    [((1.0, -0.1), (0.0, 0.1), "non-negative"), ((1.0, 0.0), 2.0, "both errors are zero"),
+     ((1.0, float("nan")), (0.0, 0.1), "finite"), ([1.0, 0.1, 0.2], 0.0, "pair")],
+)
+def test_pull_refuses_inputs_without_an_error(a, b, match):
+    from lib.analysis.stats import pull
+
+    with pytest.raises(ValueError, match=match):
+        pull(a, b)

@@ -196,3 +196,35 @@ def mean_sem(x, axis: int = 0):
     σ/√n — equal to the delete-one jackknife error of a mean, at O(n) cost."""
     x = np.asarray(x, dtype=float)
     return x.mean(axis=axis), x.std(axis=axis, ddof=1) / np.sqrt(x.shape[axis])
+
+
+def pull(a, b):
+    """The pull of two independent estimates, in combined standard errors:
+
+        z = (a − b) / √(σ_a² + σ_b²).
+
+    ``a`` and ``b`` are ``(value, error)`` pairs (numbers or arrays of the same shape, as
+    :func:`jackknife` returns them); a bare number for ``b`` is an exact value (σ_b = 0).
+    For independent Gaussian estimates of the same quantity z is standard normal, so |z| > 2
+    happens in about 5 % of comparisons. Returns a float for scalars, else an array.
+    A negative, non-finite or vanishing combined error is refused: a pull without an error
+    is not a pull.
+    """
+
+    def split(x, name):
+        if isinstance(x, (tuple, list)) and len(x) == 2:
+            v, e = (np.asarray(y, dtype=float) for y in x)
+        elif np.ndim(x) == 0:
+            v, e = np.asarray(x, dtype=float), np.zeros(())
+        else:
+            raise ValueError(f"{name} must be a (value, error) pair or an exact number, got {type(x).__name__}")
+        if np.any(e < 0) or not np.all(np.isfinite(e)):
+            raise ValueError(f"the error of {name} must be finite and non-negative, got {e}")
+        return v, e
+
+    (va, ea), (vb, eb) = split(a, "a"), split(b, "b")
+    sigma = np.hypot(ea, eb)
+    if np.any(sigma == 0):
+        raise ValueError("both errors are zero: the pull of two exact numbers is undefined")
+    z = (va - vb) / sigma
+    return float(z) if z.ndim == 0 else z

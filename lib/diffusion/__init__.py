@@ -7,8 +7,8 @@ from . import dmmc, likelihood, loss, networks, paths, samplers, sde, training, 
 from .likelihood import LikelihoodResult, LikelihoodSettings, ODESample, log_likelihood, ode_sample_with_density
 from .loss import dsm_loss
 from .networks import LatticeUNet, MLPScore, build_score_model
-from .samplers import (SAMPLERS, SampleResult, SampleSettings, SamplerFailed, euler_maruyama, predictor_corrector,
-                       probability_flow)
+from .samplers import (SAMPLERS, SampleResult, SampleSettings, SamplerFailed, euler_maruyama, fast_settings,
+                       predictor_corrector, probability_flow)
 from .sde import VESDE, VPSDE, make_sde, sde_from_dict
 from .training import EMA, HeldOutLoss, Normaliser, Trainer, TrainSettings, held_out_loss, load_checkpoint, load_model
 from .paths import PathSettings, path_sample
@@ -24,6 +24,7 @@ __all__ = ["dmmc", "DMMCResult", "DMMCSettings", "dm_mc_chain", "theory_of_check
            "cached_dm_path_proposals", "data_spectrum", "dm_path_proposals", "log_likelihood",
            "cached_log_likelihood", "model_log_likelihood", "dsm_loss", "LatticeUNet", "MLPScore",
            "build_score_model", "SAMPLERS", "SampleResult", "SampleSettings", "SamplerFailed", "euler_maruyama",
+           "fast_settings",
            "predictor_corrector", "probability_flow", "VESDE", "VPSDE", "make_sde", "sde_from_dict", "EMA",
            "HeldOutLoss", "held_out_loss", "Normaliser", "Trainer", "TrainSettings", "load_checkpoint", "load_model", "cached_dm_ensemble",
            "cached_score_model", "check_lattice", "default_model", "effective_action", "generate",
