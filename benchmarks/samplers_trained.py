@@ -107,7 +107,7 @@ def main():
                 row["bf16_minus_float32"] = {k: list(v) for k, v in d.items()}
                 row["bf16_cpu_speedup"] = sets["float32"][1] / cpu
                 print("       bf16 - float32 (paired): " + ", ".join(
-                    f"{k} {v[0]:+.4f} ± {v[1]:.4f} ({v[0] / v[1]:+.1f}σ paired, {v[0] / m[k][1]:+.2f} of one set's "
+                    f"{k} {v[0]:+.4f} ± {v[1]:.4f} ({pull(v, 0.0):+.1f}σ paired, {v[0] / m[k][1]:+.2f} of one set's "
                     f"error)" for k, v in d.items()) + f"; CPU time ×{row['bf16_cpu_speedup']:.2f} faster")
             rows.append(row)
     if a.json:

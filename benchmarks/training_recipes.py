@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lib  # noqa: E402
+from lib.analysis.stats import mean_sem  # noqa: E402
 from lib.diffusion import Normaliser, Trainer, TrainSettings, default_model, make_sde  # noqa: E402
 from lib.diffusion.networks import build_score_model  # noqa: E402
 from lib.runtime import hardware_summary  # noqa: E402
@@ -60,14 +61,17 @@ def excess(model, gauss_fn, held, t, seed=0):
         r_net = ((std * model(xt, tt) + z) ** 2).flatten(1).sum(1)
         r_gauss = ((std * gauss_fn(xt.double(), tt.double()).to(held.dtype) + z) ** 2).flatten(1).sum(1)
     d = (r_net - r_gauss).double()
-    return float(d.mean()), float(d.std() / math.sqrt(len(d)))
+    m, e = mean_sem(d.numpy())
+    return float(m), float(e)
 
 
 def seed_mean(values):
-    """Mean over seeds and its standard error from their spread (nan for one seed)."""
-    t = torch.tensor(values, dtype=torch.float64)
-    err = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
-    return float(t.mean()), err
+    """Mean over seeds and its standard error from their spread (:func:`lib.analysis.stats.mean_sem`;
+    nan for one seed)."""
+    if len(values) == 1:
+        return float(values[0]), float("nan")
+    m, e = mean_sem(values)
+    return float(m), float(e)
 
 
 def summarise(rows, recipes, checkpoints):
