@@ -11,6 +11,8 @@ The layout follows the paper's pipeline::
                  training (TrainSettings), samplers in a registry (SampleSettings; eqs. 3.9, 3.14),
                  the likelihood (eq. 3.15), the cached train/generate workflow
     analysis/    observables (eqs. 4.5–4.7), jackknife and Γ-method statistics, Fokker–Planck (eq. 2.6)
+    study.py     one φ⁴ study (theory + HMC data + model) as a frozen object; the paper-scale
+                 models that ship with the book (models/, lib.diffusion.shipped)
     storage/     atomic, safe files: ensembles with metadata, checkpoints, the metadata-keyed cache
     settings.py  frozen per-stage settings objects and the one rule for cache keys
     rng.py       per-sample random streams: sample i depends only on (seed, i)
@@ -19,15 +21,16 @@ The layout follows the paper's pipeline::
 """
 __version__ = "0.2.0"
 
-from . import analysis, diffusion, display, mcmc, rng, runtime, settings, storage, theories
+from . import analysis, diffusion, display, mcmc, rng, runtime, settings, storage, study, theories
 from .analysis import fokker_planck, observables, stats
 from .diffusion import SampleSettings, TrainSettings, VESDE, VPSDE
 from .mcmc import (HMC, HMCSettings, Langevin, Metropolis, cached_hmc_ensemble, hamiltonian, hmc_chain,
                    hmc_ensemble, langevin, langevin_moments, langevin_step, leapfrog)
+from .study import PAPER_STUDIES, Phi4Study
 from .theories import GaussianMixture, Phi4, Theory, ToyModel
 
-__all__ = ["analysis", "diffusion", "display", "mcmc", "rng", "runtime", "settings", "storage", "theories",
+__all__ = ["analysis", "diffusion", "display", "mcmc", "rng", "runtime", "settings", "storage", "study", "theories",
            "fokker_planck", "observables", "stats", "SampleSettings", "TrainSettings", "VESDE", "VPSDE", "HMC",
            "HMCSettings", "Langevin", "Metropolis", "cached_hmc_ensemble", "hamiltonian", "hmc_chain", "hmc_ensemble",
            "langevin", "langevin_moments", "langevin_step", "leapfrog", "GaussianMixture", "Phi4", "Theory", "ToyModel",
-           "__version__"]
+           "Phi4Study", "PAPER_STUDIES", "__version__"]

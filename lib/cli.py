@@ -7,6 +7,8 @@ observables  print ⟨M⟩, ⟨|M|⟩, χ₂, U_L (jackknife errors) of an ensem
 train        train a diffusion model (score network) on an ensemble; writes a checkpoint
 sample       generate an ensemble from a checkpoint (same file format as HMC ensembles)
 dmmc         run a DM-MC chain (eq. 4.9) from a checkpoint; writes the chain as an ensemble
+paper-model  train (through the cache) one of the paper-scale models that ship with the book, and
+             ship it into models/ (``--list`` names them; ``--check`` verifies the manifest)
 
 Every error is reported in one line on stderr with a non-zero exit status, before any
 computation where it can be known in advance; no file is overwritten without ``--force`` and
@@ -205,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto")
     c.add_argument("--force", action="store_true")
     c.add_argument("--no-progress", action="store_true")
+    m = sub.add_parser("paper-model", help="train and ship one of the paper-scale models of models/manifest.json")
+    m.add_argument("name", nargs="?", help="the model (see --list)")
+    m.add_argument("--list", action="store_true", help="name the paper-scale models and the chapters that use them")
+    m.add_argument("--check", action="store_true", help="verify every entry of the manifest (hash, settings, key)")
+    m.add_argument("--ship", action="store_true", help="after training, write the model into models/ and the manifest")
+    m.add_argument("--models", help="the models directory (default: models/ of the repository, or $DMSQ_MODELS)")
+    m.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    m.add_argument("--threads", type=_positive_int, default=None, help="torch threads on a CPU")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -292,6 +303,8 @@ def _load_ensemble(path):
 
 
 def cmd_train(a) -> int:
+    import os
+
     import torch
 
     from .diffusion import (TrainSettings, check_lattice, default_model, make_sde, site_variance, train_score_model,
@@ -299,6 +312,7 @@ def cmd_train(a) -> int:
     from .diffusion.networks import build_score_model
     from .diffusion.training import NonFiniteLoss
     from .rng import check_seed
+    from .storage.cache import exclusive_lock
 
     # everything is validated before anything is written or deleted
     _check_out(a.out, ".pt", a.force, a.resume)
@@ -348,12 +362,28 @@ def cmd_train(a) -> int:
         model(torch.zeros((2, *configs.shape[1:])), torch.full((2,), 0.5))
     meta = {"training_ensemble": {k: ens.metadata.get(k) for k in ("theory", "sampler", "settings", "seed")},
             "theory": ens.metadata.get("theory"), "normalisation": a.normalise}
-    try:
-        trainer = train_score_model(configs, model, settings, seed=seed, checkpoint=a.out, device=device,
-                                    metadata=meta, progress_bar=not a.no_progress, resume=a.resume,
-                                    validation=validation)
-    except NonFiniteLoss as exc:
-        raise CLIError(str(exc)) from None
+    # --force over an existing checkpoint trains into a sibling file that replaces it only when the run
+    # succeeds: a run that fails (a NaN loss, Ctrl-C) leaves the old model as it was
+    replacing = a.force and a.out.exists()
+    target = a.out.with_name(f".{a.out.name}.new.pt") if replacing else a.out
+    times = lambda p: p.with_name(p.name + ".times.json")  # noqa: E731 - the per-epoch wall times beside it
+    with exclusive_lock(a.out, "checkpoint"):
+        try:
+            trainer = train_score_model(configs, model, settings, seed=seed, checkpoint=target, device=device,
+                                        metadata=meta, progress_bar=not a.no_progress, resume=a.resume,
+                                        validation=validation)
+        except BaseException as exc:
+            if replacing:
+                for p in (target, times(target)):
+                    p.unlink(missing_ok=True)
+            if isinstance(exc, NonFiniteLoss):
+                raise CLIError(str(exc) + (f"; {a.out} was left as it was" if replacing else "")) from None
+            if replacing and isinstance(exc, KeyboardInterrupt):
+                raise CLIError(f"interrupted; {a.out} was left as it was", status=130) from None
+            raise
+        if replacing:
+            os.replace(times(target), times(a.out))
+            os.replace(target, a.out)
     held = (f", held-out loss {trainer.validation_history[-1]:.4g} (best at epoch {trainer.best_epoch}"
             + ("; stopped early" if trainer.stopped_early else "") + ")") if trainer.validation_history else ""
     print(f"trained {trainer.epoch} epochs, final loss {trainer.history[-1]:.4g}{held}; checkpoint {a.out}",
@@ -562,8 +592,55 @@ def cmd_dmmc(a) -> int:
     return 0
 
 
+def cmd_paper_model(a) -> int:
+    import os
+    import time
+
+    import torch
+
+    from .diffusion import shipped
+    from .runtime import resolve_device
+    from .study import PAPER_STUDIES, paper_study
+
+    if a.list:
+        for name, (use, study) in PAPER_STUDIES.items():
+            print(f"{name:28s} {use}")
+        return 0
+    if a.check:
+        directory = Path(a.models) if a.models else shipped.models_dir()
+        if directory is None or not (directory / shipped.MANIFEST).is_file():
+            raise CLIError(f"no {shipped.MANIFEST} in {directory} (DMSQ_MODELS={os.environ.get('DMSQ_MODELS')!r})"
+                           if directory is not None else "DMSQ_MODELS is 'none': no shipped models to check")
+        entries = shipped.read_manifest(directory)
+        for e in entries:
+            shipped.check_entry(e, directory)
+            print(f"ok  {e['file']}  L={e['L']} kappa={e['kappa']} epochs={e['epochs']} key={e['cache_key']}")
+        print(f"{len(entries)} shipped models verified in {directory}")
+        return 0
+    if not a.name:
+        raise CLIError("python -m lib paper-model: name a model (--list shows them)", status=2)
+    study = paper_study(a.name)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = resolve_device(a.device)
+    start = time.time()
+    model, state, ckpt = study.model(device, progress_bar=not a.quiet)
+    loss = study.held_out_loss(device)
+    seconds = [s for s in state["epoch_seconds"] if s == s]
+    print(f"{a.name}: {state['epoch']} epochs, {sum(seconds):.0f} s of training on {state['device_type']}, "
+          f"held-out DSM loss {loss:.5f} ({time.time() - start:.0f} s in this run)")
+    if a.ship:
+        cpu = torch.backends.cpu.get_cpu_capability() if state["device_type"] == "cpu" else None
+        entry = shipped.ship(ckpt, a.name, Path(a.models) if a.models else None, chapter=PAPER_STUDIES[a.name][0],
+                             study=study.to_dict(), held_out_loss=round(loss, 6), cpu_capability=cpu,
+                             threads=torch.get_num_threads(),
+                             command=f"python -m lib paper-model {a.name} --ship")
+        print(f"shipped {entry['file']} (sha256 {entry['sha256'][:16]}…, cache key {entry['cache_key']})")
+    return 0
+
+
 COMMANDS = {"hmc": cmd_hmc, "observables": cmd_observables, "train": cmd_train, "sample": cmd_sample,
-            "dmmc": cmd_dmmc}
+            "dmmc": cmd_dmmc, "paper-model": cmd_paper_model}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,9 +1,9 @@
 """Diffusion models (paper Sec. 3): forward SDEs (:mod:`.sde`), score networks (:mod:`.networks`),
 the denoising score-matching loss (:mod:`.loss`), training (:mod:`.training`), samplers in a
 registry (:mod:`.samplers`), the likelihood by the probability-flow ODE (:mod:`.likelihood`),
-proposals with exact path-space weights for DM-MC (:mod:`.paths`), DM-MC chains (:mod:`.dmmc`), and the cached
-train/generate/weigh workflow (:mod:`.workflow`)."""
-from . import dmmc, likelihood, loss, networks, paths, samplers, sde, training, workflow
+proposals with exact path-space weights for DM-MC (:mod:`.paths`), DM-MC chains (:mod:`.dmmc`), the cached
+train/generate/weigh workflow (:mod:`.workflow`) and the trained models that ship with the book (:mod:`.shipped`)."""
+from . import dmmc, likelihood, loss, networks, paths, samplers, sde, shipped, training, workflow
 from .likelihood import LikelihoodResult, LikelihoodSettings, ODESample, log_likelihood, ode_sample_with_density
 from .loss import dsm_loss
 from .networks import LatticeUNet, MLPScore, build_score_model
@@ -19,7 +19,7 @@ from .workflow import (cached_dm_ensemble, cached_dm_path_proposals, cached_log_
                        zero_mode_scale)
 
 __all__ = ["dmmc", "DMMCResult", "DMMCSettings", "dm_mc_chain", "theory_of_checkpoint",
-           "likelihood", "loss", "networks", "paths", "samplers", "sde", "training", "workflow", "LikelihoodResult",
+           "likelihood", "loss", "networks", "paths", "samplers", "sde", "shipped", "training", "workflow", "LikelihoodResult",
            "LikelihoodSettings", "ODESample", "ode_sample_with_density", "PathSettings", "path_sample",
            "cached_dm_path_proposals", "data_spectrum", "dm_path_proposals", "log_likelihood",
            "cached_log_likelihood", "model_log_likelihood", "dsm_loss", "LatticeUNet", "MLPScore",

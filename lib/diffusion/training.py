@@ -407,8 +407,8 @@ def load_checkpoint(path) -> dict:
 
     try:
         seconds = [float(x) for x in json.loads(_times_path(path).read_text())]
-    except (OSError, ValueError, TypeError):
-        seconds = []
+    except (OSError, ValueError, TypeError):  # a shipped model carries its times inside
+        seconds = [float(x) for x in state["epoch_seconds"]] if isinstance(state.get("epoch_seconds"), list) else []
     state["epoch_seconds"] = (seconds + [math.nan] * state["epoch"])[:state["epoch"]]
     return state
 
@@ -431,6 +431,9 @@ def load_model(path, device=None, ema: bool = True, best: bool | None = None):
         raise ValueError(f"{path} has no best weights (trained without held-out data)")
     weights = (state["best_weights"] if best
                else state["ema"] if (ema and state.get("ema") is not None) else state["model"])
+    if weights is None:  # a shipped model keeps only the weights it is sampled with
+        raise ValueError(f"{path} holds only the weights it is sampled with by default (a shipped model); "
+                         f"sample it with ema={not ema}")
     try:
         with torch.device("meta"):
             shell = build_score_model(state["model_config"])

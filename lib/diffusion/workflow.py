@@ -26,6 +26,7 @@ from .likelihood import LikelihoodResult, LikelihoodSettings, log_likelihood
 from .paths import PathSettings, path_sample
 from .networks import LatticeUNet, MLPScore, build_score_model
 from .samplers import SampleSettings, prior_sample, sample
+from .shipped import shipped_checkpoint
 from .training import Normaliser, Trainer, TrainSettings, load_checkpoint, load_model, save_epoch_seconds
 
 STREAM_DOMAIN = "dm"
@@ -250,6 +251,9 @@ def cached_score_model(ensemble, model, settings: TrainSettings | None = None, *
     cached run of the same model with fewer epochs is continued (into a new file; the shorter
     one is kept), which gives the same weights as training from scratch.
 
+    A model that ships with the book (``models/manifest.json``, :mod:`lib.diffusion.shipped`) with
+    exactly this request is loaded from ``models/`` instead, after checking its SHA-256.
+
     Returns ``(sampling_model, state, path)``: the model with EMA weights if EMA is on, in eval
     mode; the checkpoint dictionary (``state["history"]`` is the loss per epoch,
     ``state["metadata"]`` holds the normaliser, the lattice shape and the request).
@@ -267,6 +271,15 @@ def cached_score_model(ensemble, model, settings: TrainSettings | None = None, *
         raise ValueError("early stopping (patience) needs held-out configurations: pass n_validation > 0")
     request = score_model_request(ensemble, model, settings, n_train=n_train, seed=seed, n_validation=n_validation)
     path = _cache_dir(cache_dir) / f"dm-{content_hash(request)}.pt"
+    shipped = shipped_checkpoint(content_hash(request))
+    if shipped is not None:  # a model that ships with the book (models/): no training
+        model, state = load_model(shipped, device=device, ema=True)
+        if state["metadata"].get("request") != request:
+            raise ValueError(f"shipped model {shipped} holds another training request than its manifest entry says")
+        if verbose:
+            print(f"loaded the shipped score model models/{shipped.name} ({state['epoch']} epochs, trained on "
+                  f"{state['device_type']})")
+        return model, state, shipped
     with cache_lock(path):
         return _train_or_load(path, request, ensemble, model.config, settings, n_train, seed, device, progress_bar,
                               verbose, n_validation)
@@ -357,19 +370,45 @@ def _trained_theory(state: dict, shape) -> dict:
     return theory
 
 
-def _derived_request(state: dict, theory: dict, sampler: str, settings, seed: int, **extra) -> dict:
+def weights_hash(model) -> str:
+    """16 hex digits of the SHA-256 of a network's parameters and buffers (names, shapes, dtypes and
+    bytes, in the CPU's byte order): the identity of the weights a result was computed with."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, v in sorted(model.state_dict().items()):
+        t = v.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def model_identity(model, state: dict) -> dict:
+    """What a derived result's cache key says about the model it came from: the content that
+    determines its output — the hash of the weights it samples with, the normaliser and the
+    training data's fingerprint — beside the model's request (:func:`_model_request`). Retraining a
+    checkpoint in place, or two models trained on different data with the same flags, therefore
+    never share a cache entry; a shipped model and the same model trained on a CPU (bitwise equal
+    weights) do."""
+    return {"request": _model_request(state), "weights": weights_hash(model),
+            "normaliser": state["metadata"].get("normaliser"), "data_fingerprint": state.get("data_fingerprint")}
+
+
+def _derived_request(model, state: dict, theory: dict, sampler: str, settings, seed: int, **extra) -> dict:
     """The cache request of a result derived from a checkpoint's model (generated ensembles,
-    log-likelihoods, DM-MC proposals): the model's request hash, the stage's settings key, the
-    seed and ``extra`` (size, data hashes, lattice); never the batch size or the device."""
-    request = make_metadata(theory, sampler, settings, seed, model=content_hash(_model_request(state)), **extra)
+    log-likelihoods, DM-MC proposals): the hash of the model's identity (:func:`model_identity`:
+    its weights, normaliser, training data and request), the stage's settings key, the seed and
+    ``extra`` (size, data hashes, lattice); never the batch size or the device."""
+    request = make_metadata(theory, sampler, settings, seed, model=content_hash(model_identity(model, state)),
+                            **extra)
     request["settings"] = settings.key()
     return request
 
 
-def dm_request(state: dict, n: int, seed: int, settings: SampleSettings, shape) -> dict:
-    """The cache request of a generated ensemble: the model's request, the sampling settings'
+def dm_request(model, state: dict, n: int, seed: int, settings: SampleSettings, shape) -> dict:
+    """The cache request of a generated ensemble: the model's identity, the sampling settings'
     key, the lattice, the size and the seed (not the batch size, not the device)."""
-    request = _derived_request(state, _trained_theory(state, shape), "dm", settings, seed, n_configs=int(n),
+    request = _derived_request(model, state, _trained_theory(state, shape), "dm", settings, seed, n_configs=int(n),
                                lattice_shape=list(shape))
     return request, _model_request(state)
 
@@ -390,7 +429,7 @@ def cached_dm_ensemble(checkpoint, n: int, seed: int, settings: SampleSettings |
     positive_int("n", n)
     model, state = load_model(checkpoint, device=device, ema=settings.ema)
     shape = check_lattice(model, state["metadata"], lattice_shape)
-    request, model_request = dm_request(state, n, seed, settings, shape)
+    request, model_request = dm_request(model, state, n, seed, settings, shape)
     cache = _cache_dir(cache_dir)
     partial = cache / f"dm-partial-{request_key(request)}.pt"
 
@@ -494,7 +533,7 @@ def cached_log_likelihood(checkpoint, configs, seed: int, settings: LikelihoodSe
     x = torch.as_tensor(configs).double()
     shape = check_lattice(model, state["metadata"], tuple(x.shape[1:]))
     # stored as an "ensemble" of rows (log q, nfe); the theory of the configurations is kept aside
-    request = _derived_request(state, {"name": "loglik"}, "dm", settings, seed, n_configs=int(x.shape[0]),
+    request = _derived_request(model, state, {"name": "loglik"}, "dm", settings, seed, n_configs=int(x.shape[0]),
                                configs=array_hash(x), columns=["log_q", "nfe"],
                                config_theory=_trained_theory(state, shape))
     cache = _cache_dir(cache_dir)
@@ -585,7 +624,7 @@ def cached_dm_path_proposals(checkpoint, n: int, seed: int, settings: PathSettin
     model, state = load_model(checkpoint, device=device, ema=settings.ema)
     shape = check_lattice(model, state["metadata"], tuple(theory.lattice_shape))
     spectrum = torch.as_tensor(spectrum, dtype=torch.float64)
-    request = _derived_request(state, theory.to_dict(), "dm-path", settings, seed, n_configs=int(n),
+    request = _derived_request(model, state, theory.to_dict(), "dm-path", settings, seed, n_configs=int(n),
                                spectrum=array_hash(spectrum), lattice_shape=list(shape))
     cache = _cache_dir(cache_dir)
     partial = cache / f"dm-path-partial-{request_key(request)}.pt"

@@ -49,11 +49,15 @@ def cache_dir(path=None) -> Path:
 
 
 @contextlib.contextmanager
-def cache_lock(path):
+def cache_lock(path, wait: bool = True, what: str = "output"):
     """Hold an exclusive lock on ``<path>.lock`` while making or reading the cache entry ``path``,
     so that two processes sharing a cache do not compute the same entry twice or write it
     concurrently: the second waits, then finds the entry made (``fcntl.flock``; released when
-    the block ends or the process dies; no locking where ``fcntl`` is missing)."""
+    the block ends or the process dies; no locking where ``fcntl`` is missing).
+
+    With ``wait=False`` a lock held by another process is a one-line ``ValueError`` instead (naming
+    ``what``): for outputs that a run writes for a long time (a training checkpoint), where the
+    second of two runs must be refused at once rather than overwrite the first one's work."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -62,11 +66,20 @@ def cache_lock(path):
     lock = Path(str(path) + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise ValueError(f"another run is writing the {what} {path}; wait for it to finish or choose another "
+                             "output") from None
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def exclusive_lock(path, what: str = "output"):
+    """:func:`cache_lock` without waiting: refuse at once if another run holds ``path``."""
+    return cache_lock(path, wait=False, what=what)
 
 
 def move_aside(path: Path, why: str) -> None:
@@ -113,4 +126,4 @@ def cached_ensemble(request: dict, make, cache_dir=None, verbose: bool = True) -
         return load_ensemble(path)
 
 
-__all__ = ["request_key", "default_cache_dir", "cache_dir", "cache_lock", "cached_ensemble", "move_aside", "shown"]
+__all__ = ["request_key", "default_cache_dir", "cache_dir", "cache_lock", "exclusive_lock", "cached_ensemble", "move_aside", "shown"]
