@@ -9,7 +9,7 @@ The layout follows the paper's pipeline::
                  Metropolis with global proposals (DM-MC, eq. 4.9)
     diffusion/   diffusion models: SDEs (eq. 3.6), score networks (App. A), the DSM loss (eq. 3.4),
                  training (TrainSettings), samplers in a registry (SampleSettings; eqs. 3.9, 3.14),
-                 the likelihood (eq. 3.15), the cached train/generate workflow
+                 the likelihood (eq. 3.15), cached training and the results derived from a model
     analysis/    observables (eqs. 4.5–4.7), jackknife and Γ-method statistics, Fokker–Planck (eq. 2.6)
     study.py     one φ⁴ study (theory + HMC data + model) as a frozen object; the paper-scale
                  models that ship with the book (models/, lib.diffusion.shipped)

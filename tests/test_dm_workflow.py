@@ -233,7 +233,7 @@ def test_generated_ensemble_shape_metadata_and_cache(broken_ensemble):
     assert meta["theory"] == ens.metadata["theory"]
     # the model is named by its content (weights, normaliser, training data) beside its request
     model, _ = lib.diffusion.load_model(path)
-    assert meta["model"] == _request_hash(lib.diffusion.workflow.model_identity(model, state))
+    assert meta["model"] == _request_hash(lib.diffusion.model_identity(model, state))
     assert meta["model_request"] == state["metadata"]["request"]
     assert meta["settings"]["n_steps"] == 20 and meta["lib_version"] == lib.__version__
     # the same request loads the same file; another seed or L is another ensemble

@@ -69,14 +69,14 @@ def test_a_resumed_chain_equals_an_uninterrupted_one(tiny_model, tmp_path, monke
     """Interrupt the proposals after one batch, rerun: the chain (configurations, indices,
     acceptances, weights) must equal, bitwise, a chain made in one go in a fresh cache with another
     batch size."""
-    from lib.diffusion import data_spectrum, dm_mc_chain, workflow
+    from lib.diffusion import data_spectrum, dm_mc_chain, generation
 
     th, ens, ckpt, _ = tiny_model
     spec = data_spectrum(ens.configs, torch.load(ckpt, weights_only=False)["metadata"]["normaliser"])
     whole = dm_mc_chain(ckpt, 48, 3, n_steps=5, theory=th, spectrum=spec, batch_size=48, cache_dir=tmp_path / "a",
                         progress_bar=False, verbose=False)
     calls = {"n": 0}
-    real = workflow.path_sample
+    real = generation.path_sample
 
     def flaky(*args, **kw):
         calls["n"] += 1
@@ -84,12 +84,12 @@ def test_a_resumed_chain_equals_an_uninterrupted_one(tiny_model, tmp_path, monke
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(workflow, "path_sample", flaky)
+    monkeypatch.setattr(generation, "path_sample", flaky)
     with pytest.raises(KeyboardInterrupt):
         dm_mc_chain(ckpt, 48, 3, n_steps=5, theory=th, spectrum=spec, batch_size=16, cache_dir=tmp_path / "b",
                     progress_bar=False, verbose=False)
     assert list((tmp_path / "b").glob("dm-path-partial-*.pt")), "the finished batch should have been kept"
-    monkeypatch.setattr(workflow, "path_sample", real)
+    monkeypatch.setattr(generation, "path_sample", real)
     resumed = dm_mc_chain(ckpt, 48, 3, n_steps=5, theory=th, spectrum=spec, batch_size=16, cache_dir=tmp_path / "b",
                           progress_bar=False, verbose=False)
     np.testing.assert_array_equal(resumed.configs, whole.configs)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import lib
-from lib.diffusion import TrainSettings, cached_dm_ensemble, cached_score_model, default_model, make_sde, shipped
+from lib.diffusion import TrainSettings, cached_dm_ensemble, default_model, make_sde, shipped
 from lib.storage.files import content_hash
 from lib.study import PAPER_STUDIES, Phi4Study
 

@@ -123,7 +123,8 @@ def model_spectrum(checkpoint, seed: int, n: int = 256, *, theory=None, batch_si
     (cached), then the spectrum of their fields. Any spectrum keeps the chain exact; a good one
     raises the acceptance."""
     from .training import load_checkpoint
-    from .workflow import cached_dm_ensemble, data_spectrum
+    from .derived import cached_dm_ensemble
+    from .generation import data_spectrum
 
     state = load_checkpoint(checkpoint)
     shape = tuple(theory.lattice_shape) if theory is not None else None
@@ -146,7 +147,9 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
     from ..analysis.observables import abs_magnetisation
     from ..analysis.stats import autocorrelation
     from .likelihood import LikelihoodSettings
-    from .workflow import cached_dm_ensemble, cached_dm_path_proposals, cached_log_likelihood, check_lattice, load_model
+    from .derived import cached_dm_ensemble, cached_dm_path_proposals, cached_log_likelihood
+    from .models import check_lattice
+    from .training import load_model
 
     settings = DMMCSettings.build(settings, **overrides)
     seed = check_seed(seed)

@@ -88,7 +88,7 @@ class ScoreModel(nn.Module):
 
         which is exact for h = 0 on such data and, at large t, where every field is nearly
         Gaussian, leaves the network only a small residual to learn (see
-        :func:`lib.diffusion.workflow.site_variance`)."""
+        :func:`lib.diffusion.site_variance`)."""
         t = _times(t, x)
         h = self.raw(x, t)
         if self.odd:
