@@ -33,6 +33,9 @@ class Phi4Study(Settings):
     ``start``: how the HMC chains of the training data start — ``"hot"`` is the paper's protocol
     (each configuration from its own chain, 100 + 64 trajectories from noise), ``"ordered"`` a
     classical vacuum with a random sign (needed in the broken phase, chapter 6).
+    ``n_fit``: train on the first ``n_fit`` of the ``n_train`` training configurations only (the
+    training-set sizes of App. C; the data stay the same ensemble). ``odd``: an odd network;
+    ``z2_augment``: random sign flips of the training data (both need ``normalisation="maxabs"``).
     ``zero_mode_head``: the U-Net with a separate zero-mode denoiser (chapter 6); its scale
     ``zero_mode_sd`` is a number, or ``"data"`` for the rms magnetisation of the training set in
     network units (:func:`lib.diffusion.zero_mode_scale`). ``skip``: a Gaussian skip with the
@@ -57,6 +60,9 @@ class Phi4Study(Settings):
     zero_mode_head: bool = False
     zero_mode_sd: float | str = 0.5
     skip: bool = False
+    odd: bool = False
+    z2_augment: bool = False
+    n_fit: int | None = None
     epochs: int = 250
     batch_size: int = 64
     lr: float = 1e-3
@@ -82,6 +88,11 @@ class Phi4Study(Settings):
         if not (self.zero_mode_sd == "data" or (isinstance(self.zero_mode_sd, (int, float))
                                                and self.zero_mode_sd > 0)):
             raise ValueError(f"zero_mode_sd must be a positive number or 'data', got {self.zero_mode_sd!r}")
+        if self.n_fit is not None and not 1 <= int(self.n_fit) <= self.n_train:
+            raise ValueError(f"n_fit must lie between 1 and n_train = {self.n_train}, got {self.n_fit}")
+        if self.n_fit is not None and self.n_validation:
+            raise ValueError("n_validation holds out test configurations after the training set; it cannot be "
+                             "combined with n_fit")
         if not 0 <= int(self.n_validation) <= self.n_test:
             raise ValueError(f"n_validation must lie between 0 and n_test = {self.n_test}, got {self.n_validation}")
 
@@ -103,6 +114,16 @@ class Phi4Study(Settings):
 
         return cached_hmc_ensemble(self.theory(), self.n_train + self.n_test, seed=self.hmc_seed,
                                    verbose=verbose, **self.hmc(device, progress_bar))
+
+    def hmc_reference(self, n_chains: int, per_chain: int, spacing: int, seed: int, device=None,
+                      progress_bar: bool = False, verbose: bool = True):
+        """A high-statistics HMC reference at the study's theory: ``n_chains`` independent chains,
+        thermalised like the training data, then sampled ``per_chain`` times, ``spacing``
+        trajectories apart (a jackknife over whole chains treats them as independent)."""
+        from .mcmc import cached_hmc_ensemble
+
+        kw = {**self.hmc(device, progress_bar), "n_spacing": spacing, "n_per_chain": per_chain}
+        return cached_hmc_ensemble(self.theory(), n_chains * per_chain, seed=seed, verbose=verbose, **kw)
 
     def train_configs(self, device=None):
         return self.ensemble(device, verbose=False).configs[:self.n_train]
@@ -126,14 +147,17 @@ class Phi4Study(Settings):
             extra.update(zero_mode_head=True, zero_mode_sd=sd)
         if self.skip:
             extra["skip_var"] = site_variance(self.train_configs(device), self.normalisation)
+        if self.odd:
+            extra["odd"] = True
         return default_model(self.sde(), (self.L, self.L), channels=list(self.channels),
                              strides=list(self.strides), **extra)
 
     def train_settings(self) -> dict:
         """The keyword arguments of :func:`lib.diffusion.cached_score_model` (but the network and data)."""
-        return dict(n_train=self.n_train, n_validation=int(self.n_validation), epochs=self.epochs,
+        return dict(n_train=self.n_fit or self.n_train, n_validation=int(self.n_validation), epochs=self.epochs,
                     seed=self.train_seed, batch_size=self.batch_size, lr=self.lr, ema_decay=self.ema_decay,
-                    normalisation=self.normalisation, t_sampling=self.t_sampling, patience=self.patience)
+                    normalisation=self.normalisation, t_sampling=self.t_sampling, patience=self.patience,
+                    z2_augment=self.z2_augment)
 
     def model_request(self, device=None) -> dict:
         """The training request of the model (:func:`lib.diffusion.score_model_request`); its hash is

@@ -68,7 +68,8 @@ CI_PARAMETERS: dict[str, dict] = {
     "07_phi4_symmetric_phase": {
         "L": 8, "N_TRAIN": 64, "N_TEST": 32, "N_BURNIN": 10, "N_SPACING": 4, "REF_CHAINS": 16, "REF_PER_CHAIN": 6,
         "REF_SPACING": 2, "CHANNELS": [8, 8, 8, 8], "EPOCHS": 1, "N_GEN": 16, "N_GEN_STUDY": 32, "N_EM_STEPS": 20,
-        "GEN_BATCH": 16, "TRAIN_SIZES": [32, 64], "N_GEN_SIZES": 16, "N_GEN_SYMMETRY": 16, "N_GEN_ZERO_MODE": 16, "L_BIG": 16,
+        "GEN_BATCH": 16, "TRAIN_SIZES": [32, 64], "N_GEN_SIZES": 16, "SIDE_CHANNELS": [8, 8, 8, 8], "SIDE_EPOCHS": 1,
+        "N_GEN_SYMMETRY": 16, "N_GEN_ZERO_MODE": 16, "L_BIG": 16,
         "BIG_CHAINS": 8, "BIG_PER_CHAIN": 2, "BIG_SPACING": 2, "N_GEN_BIG": 8,
     },
     "08_likelihood": {

@@ -49,6 +49,21 @@ def test_study_builds_the_requests_the_chapters_built_by_hand(tiny_study_dirs):
             n_train=study.n_train, seed=1)
         assert study.model_request() == by_hand
         assert study.cache_key() == content_hash(by_hand)
+    # App. C's training-set sizes and the symmetry variants of chapter 7: a subset of the same
+    # ensemble, an odd network or Z2 augmentation, with the max-abs normalisation
+    ens = Phi4Study(**TINY).ensemble(verbose=False)
+    for changes, net_kw, train_kw, n in (({"n_fit": 32}, {}, {}, 32),
+                                         ({"odd": True, "normalisation": "maxabs"}, {"odd": True},
+                                          {"normalisation": "maxabs"}, 48),
+                                         ({"z2_augment": True, "normalisation": "maxabs"}, {},
+                                          {"normalisation": "maxabs", "z2_augment": True}, 48)):
+        net = default_model(make_sde("ve", 25.0), (8, 8), channels=[4, 4, 8, 8], strides=[1, 2, 1, 1], **net_kw)
+        settings = TrainSettings(**{**dict(epochs=2, batch_size=16, ema_decay=0.999, normalisation="minmax"),
+                                    **train_kw})
+        by_hand = lib.diffusion.score_model_request(ens, net, settings, n_train=n, seed=1)
+        assert Phi4Study(**TINY, **changes).model_request() == by_hand
+    with pytest.raises(ValueError, match="n_fit"):
+        Phi4Study(**TINY, n_fit=49)
 
 
 def test_a_shipped_model_replaces_training_and_samples_exactly_as_its_checkpoint(tiny_study_dirs):
