@@ -63,7 +63,7 @@ CI_PARAMETERS: dict[str, dict] = {
     "06_phi4_broken_phase": {
         "L": 8, "N_TRAIN": 64, "N_TEST": 32, "N_BURNIN": 10, "N_SPACING": 4, "CHANNELS": [8, 8, 8, 8], "EPOCHS": 1,
         "N_GEN": 16, "N_EM_STEPS": 20, "GEN_BATCH": 16, "N_RG": 16, "RG_TIMES": [0.5, 0.1, 0.02],
-        "N_GEN_VARIANT": 16,
+        "N_GEN_VARIANT": 16, "SIDE_CHANNELS": [8, 8, 8, 8], "SIDE_EPOCHS": 1,
     },
     "07_phi4_symmetric_phase": {
         "L": 8, "N_TRAIN": 64, "N_TEST": 32, "N_BURNIN": 10, "N_SPACING": 4, "REF_CHAINS": 16, "REF_PER_CHAIN": 6,
