@@ -30,7 +30,8 @@ from .settings import Settings, choice, positive_float, positive_int
 class Phi4Study(Settings):
     """Theory, HMC data and score model of one φ⁴ study (defaults: the paper's, at κ = 0.21).
 
-    ``start``: how the HMC chains of the training data start — ``"hot"`` is the paper's protocol
+    ``n_per_chain``: configurations kept per HMC chain, ``n_spacing`` trajectories apart (1: the
+    paper's protocol). ``start``: how the HMC chains of the training data start — ``"hot"`` is the paper's protocol
     (each configuration from its own chain, 100 + 64 trajectories from noise), ``"ordered"`` a
     classical vacuum with a random sign (needed in the broken phase, chapter 6).
     ``n_fit``: train on the first ``n_fit`` of the ``n_train`` training configurations only (the
@@ -53,6 +54,7 @@ class Phi4Study(Settings):
     hmc_steps: int = 10
     n_burnin: int = 100
     n_spacing: int = 64
+    n_per_chain: int = 1
     hmc_seed: int = 2024
     sigma: float = 25.0
     channels: tuple = (32, 64, 128, 256)
@@ -74,7 +76,7 @@ class Phi4Study(Settings):
     patience: int | None = None
 
     def __post_init__(self):
-        for name in ("L", "n_train", "n_test", "hmc_steps", "n_spacing", "epochs", "batch_size"):
+        for name in ("L", "n_train", "n_test", "hmc_steps", "n_spacing", "n_per_chain", "epochs", "batch_size"):
             positive_int(name, getattr(self, name))
         for name in ("hmc_eps", "sigma", "lr"):
             self._set(name, positive_float(name, getattr(self, name)))
@@ -104,8 +106,9 @@ class Phi4Study(Settings):
 
     def hmc(self, device=None, progress_bar: bool = False) -> dict:
         """The keyword arguments of :func:`lib.cached_hmc_ensemble` for the training data."""
-        return dict(n_burnin=self.n_burnin, n_spacing=self.n_spacing, eps=self.hmc_eps, n_steps=self.hmc_steps,
-                    start=self.start, device=device, progress_bar=progress_bar)
+        return dict(n_burnin=self.n_burnin, n_spacing=self.n_spacing, n_per_chain=self.n_per_chain,
+                    eps=self.hmc_eps, n_steps=self.hmc_steps, start=self.start, device=device,
+                    progress_bar=progress_bar)
 
     def ensemble(self, device=None, progress_bar: bool = False, verbose: bool = True):
         """The HMC training set followed by the test set (``n_train + n_test`` configurations,
