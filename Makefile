@@ -82,12 +82,42 @@ results: $(STAMP)
 	$(PY) -c "import pathlib, lib.display as d; pathlib.Path('book/results.md').write_text(d.results_page('book/results.yml', 'book'))"
 	@echo "wrote book/results.md"
 
+define CHECK_EXECUTE
+import ast, shlex, sys, nbformat, yaml
+path, params = sys.argv[1], sys.argv[2]
+try:
+    nb = nbformat.read(path, as_version=4)
+except (OSError, ValueError) as exc:
+    sys.exit(f"make execute: cannot read CHAPTER={path} ({type(exc).__name__}); give a book/NN_name.ipynb")
+cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+if len(cells) != 1:
+    sys.exit(f"make execute: {path} has {len(cells)} cells tagged parameters, not one")
+known = {t.id for node in ast.walk(ast.parse(cells[0].source)) if isinstance(node, ast.Assign)
+         for t in node.targets if isinstance(t, ast.Name)}
+words, given = shlex.split(params), []
+for flag, value in zip(words, words[1:]):
+    if flag in ("-p", "--parameters", "-r", "--parameters_raw"):
+        given.append(value)
+    elif flag in ("-y", "--parameters_yaml"):
+        given.extend((yaml.safe_load(value) or {}).keys())
+unknown = sorted(set(given) - known)
+if unknown:
+    sys.exit(f"make execute: {path} has no parameter(s) {', '.join(unknown)}; its parameters cell defines "
+             + ", ".join(sorted(known)))
+endef
+export CHECK_EXECUTE
+
 execute: $(STAMP)
 	@test -n "$(CHAPTER)" || { echo "usage: make execute CHAPTER=book/NN_name.ipynb"; exit 2; }
+	@test -f "$(CHAPTER)" || { echo "make execute: no chapter $(CHAPTER) (give book/NN_name.ipynb)"; exit 2; }
+	@$(PY) -c "$$CHECK_EXECUTE" $(CHAPTER) '$(PARAMS)'
+	@# executed into a temporary file that replaces the chapter only when the whole run succeeded, so an
+	@# interrupt or an error never leaves the committed notebook with half its outputs
 	@# DMSQ_PROGRESS=none: no progress widgets stored in the notebook (they render as frozen bars)
-	cd $(dir $(CHAPTER)) && DMSQ_PROGRESS=none $(abspath $(VENV))/bin/papermill $(notdir $(CHAPTER)) $(notdir $(CHAPTER)) -k python3 $(PARAMS)
+	cd $(dir $(CHAPTER)) && DMSQ_PROGRESS=none $(abspath $(VENV))/bin/papermill $(notdir $(CHAPTER)) .executing-$(notdir $(CHAPTER)) -k python3 $(PARAMS) || { rm -f .executing-$(notdir $(CHAPTER)); exit 1; }
 	@# drop papermill's timing metadata so that the paired .md (and diffs) stay clean
-	$(PY) -c "$$STRIP_PAPERMILL" $(CHAPTER)
+	$(PY) -c "$$STRIP_PAPERMILL" $(dir $(CHAPTER)).executing-$(notdir $(CHAPTER))
+	mv $(dir $(CHAPTER)).executing-$(notdir $(CHAPTER)) $(CHAPTER)
 	$(VENV)/bin/jupytext --sync $(CHAPTER)
 
 clean:

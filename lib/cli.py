@@ -167,11 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fast", action="store_true",
                    help="the fastest settings measured at the accuracy of 500-step em, for this device: dpm2 "
                         "with 48 levels, bf16 on a CPU (lib.diffusion.fast_settings)")
-    g.add_argument("--rtol", type=_finite, default=1e-5, help="relative tolerance of the ode sampler")
-    g.add_argument("--atol", type=_finite, default=1e-5, help="absolute tolerance of the ode sampler")
-    g.add_argument("--churn", type=_finite, default=10.0,
+    g.add_argument("--rtol", type=_finite, default=None, help="relative tolerance of the ode sampler (default 1e-5)")
+    g.add_argument("--atol", type=_finite, default=None, help="absolute tolerance of the ode sampler (default 1e-5)")
+    g.add_argument("--churn", type=_finite, default=None,
                    help="noise added per step by the churn sampler (EDM's S_churn; default 10)")
-    g.add_argument("--rho", type=_finite, default=7.0, help="noise-level grid of heun, churn, ddim, dpm2 (EDM: 7)")
+    g.add_argument("--rho", type=_finite, default=None,
+                   help="noise-level grid of heun, churn, ddim, dpm2 (default 7, EDM's)")
     g.add_argument("--sigma-max", type=_finite, default=None,
                    help="cap on the first noise level of heun, churn, ddim, dpm2 (use e.g. 80 for VP models)")
     g.add_argument("--eps", type=_finite, default=1e-3, help="last diffusion time (paper: 1e-3)")
@@ -413,6 +414,19 @@ def cmd_sample(a) -> int:
         winners = fast_settings(device)
         a.sampler, a.steps, a.precision = winners.sampler, winners.n_steps, winners.precision
     a.sampler, a.steps, a.precision = a.sampler or "em", a.steps or 500, a.precision or "float32"
+    # a flag the chosen sampler would ignore is refused, not dropped silently
+    used_by = {"--rtol": ("ode",), "--atol": ("ode",), "--churn": ("churn",),
+               "--rho": ("heun", "churn", "ddim", "dpm2"), "--sigma-max": ("heun", "churn", "ddim", "dpm2")}
+    ignored = [flag for flag, samplers in used_by.items()
+               if getattr(a, flag[2:].replace("-", "_")) is not None and a.sampler not in samplers]
+    if ignored:
+        raise CLIError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect on the {a.sampler} "
+                       f"sampler{' that --fast chose' if a.fast else ''}; drop {'it' if len(ignored) == 1 else 'them'}",
+                       status=2)
+    a.rtol = 1e-5 if a.rtol is None else a.rtol
+    a.atol = 1e-5 if a.atol is None else a.atol
+    a.rho = 7.0 if a.rho is None else a.rho
+    a.churn = 10.0 if a.churn is None else a.churn
     settings = _build(SampleSettings, {"n_steps": "--steps", "eps": "--eps", "rtol": "--rtol", "atol": "--atol",
                                        "churn": "--churn", "rho": "--rho", "sigma_max": "--sigma-max"},
                       sampler=a.sampler, n_steps=a.steps, eps=a.eps, ema=not a.no_ema, rtol=a.rtol, atol=a.atol,
@@ -524,7 +538,23 @@ def cmd_observables(a) -> int:
     if a.n_blocks is not None and not 2 <= a.n_blocks <= len(ens):
         raise CLIError(f"--n-blocks must lie between 2 and {len(ens)}, the number of configurations in {a.file}",
                        status=2)
-    s = summary(ens.configs, n_blocks=a.n_blocks)
+    import warnings
+
+    import numpy as np
+
+    m = ens.configs.reshape(len(ens), -1).mean(axis=1)
+    if not np.any(m):
+        raise CLIError(f"{a.file}: every configuration has M = 0 (all-zero fields, e.g. a cold start that never "
+                       "moved), so U_L = 1 - <M^4>/(3<M^2>^2) is undefined and no error can be estimated")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s = summary(ens.configs, n_blocks=a.n_blocks)
+    labels = {"M": "<M>", "absM": "<|M|>", "chi2": "chi2", "binder": "U_L"}
+    for k, label in labels.items():
+        v, e = s[k]
+        if not (np.isfinite(v) and np.isfinite(e) and e > 1e-12 * max(1.0, abs(v))):
+            raise CLIError(f"{a.file}: the jackknife gives {label} = {v:.6g} +- {e:.3g} from {len(ens)} configurations, "
+                           "not a usable error; measure more (or less degenerate) configurations")
     th = ens.metadata.get("theory", {})
     th = th if isinstance(th, dict) else {}
     out = {k: list(s[k]) for k in ("M", "absM", "chi2", "binder")}
@@ -535,7 +565,7 @@ def cmd_observables(a) -> int:
     else:
         print(f"{a.file}: {th.get('name')} L={th.get('L')} kappa={th.get('kappa')} lam={th.get('lam')}, "
               f"{s['n_configs']} configurations from {ens.metadata.get('sampler')}")
-        for k, label in (("M", "<M>"), ("absM", "<|M|>"), ("chi2", "chi2"), ("binder", "U_L")):
+        for k, label in labels.items():
             v, e = s[k]
             print(f"  {label:6s} = {v: .6f} ± {e:.6f}")
     return 0
@@ -570,12 +600,28 @@ def cmd_dmmc(a) -> int:
         if a.variant != "paths":
             raise CLIError("--data sets the path kernels' spectrum; it has no use with --variant paper", status=2)
         data = _load_ensemble(a.data)
+        dth = data.metadata.get("theory") if isinstance(data.metadata.get("theory"), dict) else {}
+        target = theory.to_dict()
+        other = [f"{k}={dth.get(k)}" for k in ("kappa", "lam") if dth.get(k) != target.get(k)]
+        if other:
+            raise CLIError(f"--data {a.data} was made at {', '.join(other)}; the chain targets kappa={target.get('kappa')} "
+                           f"lam={target.get('lam')}: give training data of the target theory", status=2)
+        if len(data) < 2 or not np.any(data.configs):
+            raise CLIError(f"--data {a.data} holds {len(data)} configuration(s)"
+                           + (" that are all zero" if len(data) >= 2 else "")
+                           + ": a power spectrum needs at least two non-trivial configurations", status=2)
         if tuple(data.configs.shape[1:]) != tuple(shape):
             raise CLIError(f"--data {a.data} holds configurations of shape {tuple(data.configs.shape[1:])}, "
                            f"the model makes {tuple(shape)}")
         spectrum = data_spectrum(data.configs, state["metadata"].get("normaliser"))
-    res = dm_mc_chain(a.checkpoint, a.n, seed, settings, theory=theory, spectrum=spectrum, batch_size=a.batch_size,
-                      device=device, progress_bar=not a.no_progress, verbose=False)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        res = dm_mc_chain(a.checkpoint, a.n, seed, settings, theory=theory, spectrum=spectrum,
+                          batch_size=a.batch_size, device=device, progress_bar=not a.no_progress, verbose=False)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     s = res.summary
     meta = make_metadata(theory, "dm-mc", settings, seed, n_configs=a.n, device=str(device),
                          checkpoint=str(a.checkpoint), epochs=state["epoch"], model=state["model_config"],
@@ -587,7 +633,8 @@ def cmd_dmmc(a) -> int:
     tau = s["tau_int_absM"]
     print(f"wrote a chain of {a.n} configurations to {a.out}: acceptance {s['acceptance']:.3f} "
           f"(erfc(s/2) = {s['predicted_acceptance']:.3f}), tau_int(|M|) = "
-          + (f"{tau:.1f} +- {s['tau_int_absM_error']:.1f}" if np.isfinite(tau) else "unmeasurable (no move)")
+          + (f"{tau:.1f} +- {s['tau_int_absM_error']:.1f}" if np.isfinite(tau)
+             else "unmeasurable (no move)" if tau == float("inf") else "unmeasurable (fewer than 5 configurations)")
           + ("" if s["exact"] else "; the paper's recipe: the chain does not sample e^-S exactly"), file=sys.stderr)
     return 0
 

@@ -65,7 +65,29 @@ def hardware_summary(device=None) -> str:
                     break
     except OSError:
         pass
-    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    cap = cpu_capability()
+    return (f"CPU {cpu} ({cap['capability']}{', native bf16' if cap['native_bf16'] else ', no native bf16'}), "
+            f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})")
+
+
+def cpu_capability() -> dict:
+    """What this CPU offers the network's arithmetic: torch's dispatch level
+    (``torch.backends.cpu.get_cpu_capability()``, e.g. ``AVX2``, ``AVX512``) and whether it has
+    native bfloat16 instructions (the ``avx512_bf16`` or ``amx_bf16`` flags of ``/proc/cpuinfo``).
+    Recorded with every CPU benchmark, since the same code is several times faster or slower in
+    bf16 depending on them."""
+    level = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    native = bool(flags & {"avx512_bf16", "amx_bf16"}) or "AMX" in level.upper()
+    return {"capability": level, "native_bf16": native}
 
 
 def per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -110,6 +110,14 @@ def positive_float(name: str, v) -> float:
     return f
 
 
+def bounded_float(name: str, v, lo: float, hi: float, why: str = "") -> float:
+    """A float in the closed range [lo, hi] (one-line error naming the range, and ``why``)."""
+    f = positive_float(name, v) if lo > 0 else float(v)
+    if not (math.isfinite(f) and lo <= f <= hi):
+        raise ValueError(f"{name} must lie between {lo:g} and {hi:g}{f' ({why})' if why else ''}, got {v!r}")
+    return f
+
+
 def choice(name: str, v, options) -> Any:
     if v not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(str, options))}; got {v!r}")

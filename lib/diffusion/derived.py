@@ -20,7 +20,7 @@ from ..storage.cache import cache_dir as _cache_dir
 from ..storage.cache import cached_ensemble, move_aside, request_key, shown
 from ..storage.ensembles import make_metadata
 from ..storage.files import array_hash, content_hash, load_checkpoint_file, save_checkpoint
-from .generation import dm_path_proposals, generate, model_log_likelihood
+from .generation import STREAM_DOMAIN, dm_path_proposals, generate, model_log_likelihood
 from .likelihood import LikelihoodSettings
 from .models import check_lattice
 from .paths import PathSettings
@@ -78,18 +78,22 @@ def _derived_request(model, state: dict, theory: dict, sampler: str, settings, s
     return request
 
 
-def dm_request(model, state: dict, n: int, seed: int, settings: SampleSettings, shape) -> dict:
+def dm_request(model, state: dict, n: int, seed: int, settings: SampleSettings, shape,
+               domain: str = STREAM_DOMAIN) -> dict:
     """The cache request of a generated ensemble: the model's identity, the sampling settings'
-    key, the lattice, the size and the seed (not the batch size, not the device)."""
+    key, the lattice, the size, the seed and the stream domain when it is not the default (not
+    the batch size, not the device)."""
+    extra = {} if domain == STREAM_DOMAIN else {"stream_domain": domain}
     request = _derived_request(model, state, _trained_theory(state, shape), "dm", settings, seed, n_configs=int(n),
-                               lattice_shape=list(shape))
+                               lattice_shape=list(shape), **extra)
     return request, _model_request(state)
 
 
-def _load_partial(partial: Path, request: dict, keys=("configs",)) -> dict:
+def _load_partial(partial: Path, request: dict, keys=("configs",), shapes: dict | None = None) -> dict:
     """The batches made so far for ``request``: ``{key: list of tensors}`` for each of ``keys``,
     one entry per finished batch (empty lists if there is no partial file; a damaged or foreign
-    file, or one whose lists are not finite tensors of one length, is moved aside)."""
+    file, or one whose lists are not finite tensors of one length per batch, or whose rows do not
+    have the shape ``shapes[key]`` the request asks for, is moved aside)."""
     empty = {k: [] for k in keys}
     if not partial.exists():
         return empty
@@ -99,7 +103,8 @@ def _load_partial(partial: Path, request: dict, keys=("configs",)) -> dict:
               and all(isinstance(saved.get(k), list) for k in keys)
               and len({len(saved[k]) for k in keys}) == 1
               and all(isinstance(x, torch.Tensor) and bool(torch.isfinite(x).all()) for k in keys for x in saved[k])
-              and all(len(a) == len(b) for a, b in zip(*(saved[k] for k in keys))))
+              and all(len(a) == len(b) for a, b in zip(*(saved[k] for k in keys)))
+              and all(tuple(x.shape[1:]) == tuple(want) for k, want in (shapes or {}).items() for x in saved[k]))
     except ValueError as exc:
         ok, saved = False, str(exc)
     if not ok:
@@ -108,8 +113,8 @@ def _load_partial(partial: Path, request: dict, keys=("configs",)) -> dict:
     return {k: list(saved[k]) for k in keys}
 
 
-def cached_derivation(request: dict, kind: str, n: int, compute, *, keys=("configs",), finish=None,
-                      cache_dir=None, verbose: bool = True):
+def cached_derivation(request: dict, kind: str, n: int, compute, *, keys=("configs",), shapes: dict | None = None,
+                      finish=None, cache_dir=None, verbose: bool = True):
     """The one cached-derivation mechanism: the ensemble of ``n`` rows stored under ``request``,
     made in batches by ``compute(first, keep)`` if it is not cached yet.
 
@@ -118,12 +123,13 @@ def cached_derivation(request: dict, kind: str, n: int, compute, *, keys=("confi
     ensemble's configurations); each finished batch is saved at once in
     ``<cache>/<kind>-partial-<key>.pt``, so an interrupted run resumes with the next batch.
     ``finish(tensors)`` turns the concatenated ``{key: tensor}`` into ``(configs, extra metadata)``
-    (default: the first key's rows, no extra metadata). Returns the :class:`lib.storage.Ensemble`."""
+    (default: the first key's rows, no extra metadata). ``shapes``: the shape of one row per key,
+    checked on resume. Returns the :class:`lib.storage.Ensemble`."""
     cache = _cache_dir(cache_dir)
     partial = cache / f"{kind}-partial-{request_key(request)}.pt"
 
     def make():
-        saved = _load_partial(partial, request, keys)
+        saved = _load_partial(partial, request, keys, shapes)
         count = sum(len(x) for x in saved[keys[0]])
 
         def keep(start, *tensors):
@@ -144,7 +150,7 @@ def cached_derivation(request: dict, kind: str, n: int, compute, *, keys=("confi
 # ---------------------------------------------------------------------------- the three derivations
 def cached_dm_ensemble(checkpoint, n: int, seed: int, settings: SampleSettings | None = None, *, lattice_shape=None,
                        batch_size: int = 1024, device=None, cache_dir=None, progress_bar: bool = True,
-                       verbose: bool = True, **overrides):
+                       verbose: bool = True, domain: str = STREAM_DOMAIN, **overrides):
     """Generate ``n`` configurations from a checkpoint (:func:`lib.diffusion.generate`), or load
     them if an ensemble with exactly this request was generated before from the same model.
 
@@ -159,13 +165,15 @@ def cached_dm_ensemble(checkpoint, n: int, seed: int, settings: SampleSettings |
     positive_int("n", n)
     model, state = load_model(checkpoint, device=device, ema=settings.ema)
     shape = check_lattice(model, state["metadata"], lattice_shape)
-    request, model_request = dm_request(model, state, n, seed, settings, shape)
+    request, model_request = dm_request(model, state, n, seed, settings, shape, domain)
 
     def compute(first, keep):
         generate(model, n - first, seed, settings, lattice_shape=shape, normaliser=state["metadata"].get("normaliser"),
-                 batch_size=batch_size, device=device, progress_bar=progress_bar, first=first, on_batch=keep)
+                 batch_size=batch_size, device=device, progress_bar=progress_bar, first=first, on_batch=keep,
+                 domain=domain)
 
-    return cached_derivation(request, "dm", n, compute, cache_dir=cache_dir, verbose=verbose,
+    return cached_derivation(request, "dm", n, compute, shapes={"configs": shape}, cache_dir=cache_dir,
+                             verbose=verbose,
                              finish=lambda r: (r["configs"], {"model_request": model_request,
                                                               "device": str(resolve_device(device))}))
 
@@ -194,7 +202,8 @@ def cached_log_likelihood(checkpoint, configs, seed: int, settings: LikelihoodSe
                              on_batch=lambda start, lq, nfe: keep(start, torch.stack(
                                  [lq, torch.full_like(lq, float(nfe))], 1)))
 
-    out = cached_derivation(request, "loglik", len(x), compute, cache_dir=cache_dir, verbose=False,
+    out = cached_derivation(request, "loglik", len(x), compute, shapes={"configs": (2,)}, cache_dir=cache_dir,
+                            verbose=False,
                             finish=lambda r: (r["configs"], {"device": str(resolve_device(device))}))
     if verbose:
         print(f"log q of {len(x)} configurations ({settings.trace} trace"
@@ -232,5 +241,6 @@ def cached_dm_path_proposals(checkpoint, n: int, seed: int, settings: PathSettin
         return rows["configs"], {"log_weight": [float(v) for v in log_w], "nfe_per_proposal": settings.n_steps,
                                  "device": str(resolve_device(device))}
 
-    return cached_derivation(request, "dm-path", n, compute, keys=("configs", "log_weight"), finish=finish,
-                             cache_dir=cache_dir, verbose=verbose)
+    return cached_derivation(request, "dm-path", n, compute, keys=("configs", "log_weight"),
+                             shapes={"configs": shape, "log_weight": ()}, finish=finish, cache_dir=cache_dir,
+                             verbose=verbose)

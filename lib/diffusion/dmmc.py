@@ -33,6 +33,8 @@ from ..runtime import resolve_device
 from ..settings import Settings, choice, positive_float, positive_int
 
 CHAIN_DOMAIN = "dm-mc"
+PROPOSAL_DOMAIN = "dm-mc-proposals"  # the paper variant's EM proposals: never the draws of `sample` with the same seed
+SPECTRUM_DOMAIN = "dm-mc-spectrum"  # the model's own samples that set the path kernels' scale
 VARIANTS = ("paths", "paper")
 
 
@@ -129,7 +131,8 @@ def model_spectrum(checkpoint, seed: int, n: int = 256, *, theory=None, batch_si
     state = load_checkpoint(checkpoint)
     shape = tuple(theory.lattice_shape) if theory is not None else None
     ens = cached_dm_ensemble(checkpoint, n, seed, n_steps=100, lattice_shape=shape, batch_size=batch_size,
-                             device=device, cache_dir=cache_dir, progress_bar=False, verbose=False)
+                             device=device, cache_dir=cache_dir, progress_bar=False, verbose=False,
+                             domain=SPECTRUM_DOMAIN)
     return data_spectrum(ens.configs, state["metadata"].get("normaliser"))
 
 
@@ -176,6 +179,7 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
         nfe = settings.n_steps
     else:
         props = cached_dm_ensemble(checkpoint, n, seed, n_steps=settings.n_steps, lattice_shape=shape,
+                                   domain=PROPOSAL_DOMAIN,
                                    batch_size=batch_size, device=device, cache_dir=cache_dir,
                                    progress_bar=progress_bar, verbose=verbose)
         lik = LikelihoodSettings(rtol=settings.rtol, atol=settings.rtol, n_probes=settings.n_probes)
@@ -193,11 +197,18 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
 
     summary["predicted_acceptance"] = float(erfc(summary["robust_spread"] / 2))
     absm = abs_magnetisation(configs)
-    if np.ptp(absm) > 0 and n >= 4:
+    if np.ptp(absm) > 0 and n >= 5:  # the Γ-method needs at least five measurements
         ac = autocorrelation(absm, name="dm-mc")
         summary.update(tau_int_absM=float(ac.tau_int), tau_int_absM_error=float(ac.tau_int_error))
-    else:  # the chain never moved: τ_int is at least n
-        summary.update(tau_int_absM=float("inf"), tau_int_absM_error=float("nan"))
+    else:  # the chain never moved (τ_int is at least n), or it is too short to measure
+        summary.update(tau_int_absM=float("inf") if np.ptp(absm) == 0 else float("nan"),
+                       tau_int_absM_error=float("nan"))
+    if summary["n_accepted"] == 0:
+        import warnings
+
+        warnings.warn(f"the DM-MC chain never moved: none of its {n - 1} proposals after the first was accepted "
+                      "(its configurations are one configuration repeated); train the model longer or use "
+                      "the exact path variant with more steps", RuntimeWarning, stacklevel=2)
     return DMMCResult(configs, chain, props, summary)
 
 

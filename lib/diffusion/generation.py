@@ -43,13 +43,15 @@ def _batches(first: int, n: int, batch_size: int, block: int):
 @torch.no_grad()
 def generate(model, n: int, seed: int, settings: SampleSettings | None = None, *, lattice_shape=None,
              normaliser: dict | None = None, batch_size: int = 1024, device=None, record_times=None,
-             progress_bar: bool = True, first: int = 0, on_batch=None, **overrides):
+             progress_bar: bool = True, first: int = 0, on_batch=None, domain: str = STREAM_DOMAIN, **overrides):
     """Generate configurations ``first, …, first + n − 1`` with the sampler of ``settings``
     (:class:`SampleSettings`; keyword arguments override single settings, e.g. ``n_steps=100``),
     in batches of ``batch_size`` on ``device``, mapped back to physical fields.
 
-    Configuration i is made from its own random stream (seed, i): the result does not depend on
-    the batch size. ``on_batch(start, configs)`` is called after every finished batch (to keep
+    Configuration i is made from its own random stream (``domain``, seed, i): the result does not
+    depend on the batch size, and a stage that generates for another purpose (DM-MC proposals) passes
+    its own ``domain``, so that it never repeats another stage's draws with the same seed.
+    ``on_batch(start, configs)`` is called after every finished batch (to keep
     it). Returns ``(configs (n, *lattice) float64 on the CPU, records)`` where records maps each
     requested diffusion time to the (physical) batch at that time (first batch, EM only).
     """
@@ -68,7 +70,7 @@ def generate(model, n: int, seed: int, settings: SampleSettings | None = None, *
     batches = _batches(first, n, batch_size, block)
     out, records = [], {}
     for b, (start, nb) in enumerate(progress(batches, desc="generating", disable=not progress_bar or len(batches) == 1)):
-        streams = SampleStreams(STREAM_DOMAIN, seed, start, nb, device, block=block)
+        streams = SampleStreams(domain, seed, start, nb, device, block=block)
         x_T = prior_sample(model.sde, (nb, *shape), streams, device, dtype)
         res = sample(model, model.sde, x_T, settings, streams, progress_bar=progress_bar and len(batches) == 1,
                      record_times=record_times if b == 0 else None)

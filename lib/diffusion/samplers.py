@@ -24,7 +24,7 @@ import torch
 
 from ..rng import normal
 from ..runtime import per_sample, progress
-from ..settings import Settings, choice, positive_float, positive_int, setting
+from ..settings import bounded_float, Settings, choice, positive_float, positive_int, setting
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ class SampleSettings(Settings):
         positive_int("n_corrector", self.n_corrector)
         self._set("rtol", positive_float("rtol", self.rtol))
         self._set("atol", positive_float("atol", self.atol))
-        self._set("rho", positive_float("rho", self.rho))
+        self._set("rho", bounded_float("rho", self.rho, 1.0, 100.0,
+                                       "the exponent of the noise-level grid; Karras et al. use 7"))
         churn = float(self.churn)
         if not (math.isfinite(churn) and churn >= 0):
             raise ValueError(f"churn must be a non-negative number, got {self.churn!r}")
@@ -458,18 +459,21 @@ def fast_settings(device=None, **overrides) -> SampleSettings:
       can differ; with an imperfect score the probability-flow ODE converges to another
       distribution than the reverse SDE (``benchmarks/samplers_trained.py``), so check the
       observables you need against EM-500 once;
-    * the precision: ``"bf16"`` on a CPU (×1.7–2.2 at L = 8, shifts of χ₂, U_L and the action
+    * the precision: ``"bf16"`` on a CPU with native bfloat16 instructions
+      (:func:`lib.runtime.cpu_capability`: ×1.7–2.2 at L = 8, shifts of χ₂, U_L and the action
       below a tenth of the statistical error of 2048 configurations:
-      ``benchmarks/samplers_trained.py --bf16``), ``"float32"`` on CUDA, where bf16 autocast gave
-      no gain in eager mode (H200: 202,383 against 207,688 forward passes/s).
+      ``benchmarks/samplers_trained.py --bf16``); ``"float32"`` on a CPU without them (an
+      AVX2-only EPYC ran the 500-step sampler seven times slower in bf16) and on CUDA, where bf16
+      autocast gave no gain in eager mode (H200: 202,383 against 207,688 forward passes/s).
 
     ``device``: as :func:`lib.runtime.resolve_device` (``None``: CUDA when present). Keyword
     arguments override single settings, e.g. ``n_steps=64``.
     """
-    from ..runtime import resolve_device
+    from ..runtime import cpu_capability, resolve_device
 
     dev = resolve_device(device)
-    winners = {"sampler": "dpm2", "n_steps": 48, "precision": "float32" if dev.type == "cuda" else "bf16"}
+    bf16 = dev.type == "cpu" and cpu_capability()["native_bf16"]
+    winners = {"sampler": "dpm2", "n_steps": 48, "precision": "bf16" if bf16 else "float32"}
     return SampleSettings(**{**winners, **overrides})
 
 

@@ -305,6 +305,7 @@ class Trainer:
                 "settings": self.settings.to_dict(), "seed": self.seed,
                 "data_fingerprint": _fingerprint(self.data),
                 "validation_history": self.validation_history, "best_epoch": self.best_epoch,
+                "validation_fingerprint": _fingerprint(self.held_out.data) if self.held_out is not None else None,
                 "best_weights": self.best_weights, "stopped_early": self.stopped_early,
                 "metadata": self.metadata, "lib_version": lib_version()}
 
@@ -325,6 +326,13 @@ class Trainer:
             raise ValueError(f"checkpoint {path} was trained on other data; not resuming")
         if state["device_type"] != self.device.type:
             raise ValueError(f"checkpoint {path} was made on {state['device_type']}; resume it there")
+        # the held-out record must stay one record: the same held-out set, never a second one or none
+        saved_v = state.get("validation_fingerprint")  # absent from checkpoints of earlier versions
+        mine_v = _fingerprint(self.held_out.data) if self.held_out is not None else None
+        if (saved_v is not None and saved_v != mine_v) or (state.get("validation_history") and mine_v is None):
+            had = f"{saved_v[0][0]} held-out configurations" if saved_v else "a held-out loss"
+            raise ValueError(f"checkpoint {path} recorded {had} every epoch; resume it with the same held-out set "
+                             "(--n-validation), or its record would mix two sets or be erased")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema:

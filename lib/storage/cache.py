@@ -26,8 +26,9 @@ def request_key(request: dict) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$DMSQ_CACHE`` if set, else ``~/.cache/dmsq``."""
-    return Path(os.environ.get("DMSQ_CACHE", Path.home() / ".cache" / "dmsq"))
+    """``$DMSQ_CACHE`` if set and not empty, else ``~/.cache/dmsq`` (an empty value never means the
+    current directory)."""
+    return Path(os.environ.get("DMSQ_CACHE", "").strip() or Path.home() / ".cache" / "dmsq")
 
 
 def shown(path) -> str:
