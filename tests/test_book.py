@@ -241,6 +241,16 @@ def test_setup_cell_names_the_repository(md):
 
 
 @chapter
+def test_setup_cell_is_short_and_hidden(md):
+    """The set-up (Colab bootstrap) is at most 15 lines and folded away in the rendered book (still
+    run by papermill and Colab); the chapter's own code starts after it."""
+    setup = _code_cells(jupytext.read(md))[0]
+    lines = [line for line in setup.source.splitlines() if line.strip()]
+    assert len(lines) <= 15, f"{md.name}: the set-up cell has {len(lines)} lines"
+    assert "hide-cell" in _tags(setup), f"{md.name}: tag the set-up cell hide-cell"
+
+
+@chapter
 def test_ci_parameters_are_declared(md):
     stem = md.stem
     assert stem in CI_PARAMETERS, (f"no CI parameters for chapter {stem!r}: add an entry "
