@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,7 +46,7 @@ def acceptance_table(sde, device, quick):
                                   spectrum=field.spectrum, noise=torch.Generator(device).manual_seed(steps),
                                   device=device, dtype=torch.float64)
                 w = (-th.action(res.x) + res.log_path).cpu().numpy()
-                acc = independence_chain(w, np.zeros_like(w), seed=1).acceptance
+                acc = independence_chain(w, seed=1).acceptance
                 rows.append({"L": L, "kernels": var, "steps": steps, "acceptance": acc, "std_log_w": float(w.std())})
                 print(f"L={L:3d} {var:10s} steps={steps:4d}  acceptance {acc:.3f}  std log w {w.std():.3f}", flush=True)
     return rows

@@ -108,7 +108,7 @@ def dm_mc(th, n, epochs, device, channels, recipe, batch_size):
                                    batch_size=batch_size, device=device, progress_bar=False)
     sync(device)
     sec = time.perf_counter() - t0
-    chain = independence_chain(log_w.numpy(), np.zeros(n), seed=42)
+    chain = independence_chain(log_w.numpy(), seed=42)
     m = chain.take(phi.mean(dim=(1, 2)).numpy())
     out = {"rate_per_s": n / sec, "n": n, "acceptance": chain.acceptance, "train_seconds": train_s,
            "epochs": epochs, "recipe": recipe, "checkpoint": str(ckpt)}

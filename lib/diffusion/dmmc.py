@@ -188,7 +188,7 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
         action = theory.action(torch.as_tensor(props.configs, dtype=torch.float64)).numpy()
         log_w = -action - lq[:, 0]
         nfe = settings.n_steps + float(np.mean(lq[:, 1]))
-    chain = independence_chain(log_w, np.zeros_like(log_w), chain_seed(seed))
+    chain = independence_chain(log_w, chain_seed(seed))
     configs = np.asarray(props.configs)[chain.index]
     summary = {"variant": settings.variant, "exact": settings.exact, "n_proposals": int(n),
                "acceptance": chain.acceptance, "n_accepted": int(chain.accepted[1:].sum()),

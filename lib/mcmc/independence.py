@@ -39,20 +39,19 @@ class IndependenceChain:
         return np.asarray(values)[self.index]
 
 
-def independence_chain(log_target, log_proposal, seed: int) -> IndependenceChain:
+def independence_chain(log_weight, seed: int) -> IndependenceChain:
     r"""Run the independence Metropolis chain through proposals 0, 1, …, N − 1 in order.
 
-    ``log_target`` (−S up to a constant) and ``log_proposal`` (log q, same constant-free meaning)
-    are arrays of the proposals' values; the uniforms come from ``seed``. Vectorised over
+    ``log_weight``: the proposals' log importance weights w = log p − log q (eq. 4.9; any
+    constant offset drops out), e.g. ``-S - log_q``, or the path weights of
+    :func:`lib.diffusion.dm_path_proposals`; the uniforms come from ``seed``. Vectorised over
     proposals except for the running state.
     """
-    lp = np.asarray(log_target, dtype=np.float64)
-    lq = np.asarray(log_proposal, dtype=np.float64)
-    if lp.ndim != 1 or lp.shape != lq.shape or len(lp) < 1:
-        raise ValueError("log_target and log_proposal must be 1-D arrays of the same length >= 1")
-    if not (np.isfinite(lp).all() and np.isfinite(lq).all()):
-        raise ValueError("log densities must be finite (a proposal with q = 0 cannot be weighed)")
-    w = lp - lq
+    w = np.asarray(log_weight, dtype=np.float64)
+    if w.ndim != 1 or len(w) < 1:
+        raise ValueError("log_weight must be a 1-D array of length >= 1")
+    if not np.isfinite(w).all():
+        raise ValueError("log weights must be finite (a proposal with q = 0 or p = 0 cannot be weighed)")
     u = torch.rand(len(w), generator=generator(check_seed(seed)), dtype=torch.float64).numpy()
     log_u = np.log(u)
     index = np.empty(len(w), dtype=np.int64)
