@@ -161,9 +161,10 @@ class LatticeUNet(ScoreModel):
     level is undone by a 2×2 transposed convolution of stride 2, a stride-1 level by a circular
     3×3 convolution. The output is divided by σ_t.
 
-    ``strides=(1, 1, 1, 1)`` (as in the authors' code) commutes with every lattice translation and
-    accepts any L; ``(1, 2, 2, 2)`` (Song's ScoreNet) needs L divisible by 8 and commutes with
-    translations by multiples of 8.
+    ``strides=(1, 2, 2, 2)`` (the default: Song's ScoreNet, the layout App. A of the paper describes,
+    and :func:`lib.diffusion.default_model`'s) needs L divisible by 8 and commutes with translations
+    by multiples of 8; ``(1, 1, 1, 1)`` (as in the authors' public code) commutes with every lattice
+    translation and accepts any L, at many times the cost per evaluation.
 
     ``zero_mode_head=True`` (not in the paper) gives the zero mode of the score its own path.
     In the DSM loss the zero mode is one of V modes, yet in the broken phase it decides the vacuum,
@@ -186,7 +187,7 @@ class LatticeUNet(ScoreModel):
 
     kind = "unet"
 
-    def __init__(self, sde, channels=(32, 64, 128, 256), strides=(1, 1, 1, 1), embed_dim: int = 256,
+    def __init__(self, sde, channels=(32, 64, 128, 256), strides=(1, 2, 2, 2), embed_dim: int = 256,
                  embed_scale: float = 30.0, odd: bool = False, zero_mode_head: bool = False,
                  zero_mode_sd: float = 0.5, skip_var: float | None = None):
         super().__init__(sde, odd, skip_var)
