@@ -3,6 +3,7 @@
 Commands
 --------
 hmc          generate an ensemble with the paper's HMC protocol and write it to an .npz file
+ensemble     the same with --algorithm hmc | fa-hmc | cluster | metropolis (defaults per algorithm)
 observables  print ⟨M⟩, ⟨|M|⟩, χ₂, U_L (jackknife errors) of an ensemble file
 train        train a diffusion model (score network) on an ensemble; writes a checkpoint
 sample       generate an ensemble from a checkpoint (same file format as HMC ensembles)
@@ -82,30 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    h = sub.add_parser("hmc", help="generate an HMC ensemble (one configuration per chain)")
-    h.add_argument("--L", type=_positive_int, required=True, help="lattice size")
-    h.add_argument("--kappa", type=_finite, required=True, help="hopping parameter κ")
-    h.add_argument("--lam", type=_finite, required=True, help="quartic coupling λ")
-    h.add_argument("--d", type=_positive_int, default=2, help="dimensions (default 2)")
-    h.add_argument("--n-configs", type=_positive_int, required=True, help="number of configurations (= chains)")
-    h.add_argument("--seed", type=_nonneg_int, required=True)
-    h.add_argument("--out", type=Path, required=True, help="output .npz file")
-    h.add_argument("--n-burnin", type=_nonneg_int, default=100, help="burn-in trajectories (paper: 100)")
-    h.add_argument("--n-spacing", type=_positive_int, default=64, help="further trajectories before keeping one (paper: 64)")
-    h.add_argument("--eps", type=_finite, default=0.01, help="leapfrog step (paper: 0.01)")
-    h.add_argument("--n-steps", type=_positive_int, default=100, help="leapfrog steps per trajectory (paper: 100)")
-    h.add_argument("--batch-size", type=_positive_int, default=1024, help="chains updated together")
-    h.add_argument("--start", choices=["hot", "ordered", "cold"], default="hot",
-                   help="hot (paper), or ordered: the classical vacuum with a random sign (broken phase)")
-    h.add_argument("--per-chain", type=_positive_int, default=1,
-                   help="configurations kept per chain, --n-spacing apart (paper: 1)")
-    h.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    h.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    h.add_argument("--checkpoint-dir", type=Path, default=None, help="save sampler state here; rerun to resume")
-    h.add_argument("--fused", action="store_true",
-                   help="compiled leapfrog (torch.compile): same trajectories to round-off, faster in float64")
-    h.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    h.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for command in ("hmc", "ensemble"):
+        h = sub.add_parser(command, help="generate an HMC ensemble (one configuration per chain)" if command == "hmc"
+                           else "generate an ensemble with hmc, fa-hmc, cluster or metropolis (independent chains)")
+        _ensemble_arguments(h, command)
 
     o = sub.add_parser("observables", help="⟨M⟩, ⟨|M|⟩, χ₂, U_L of an ensemble file")
     o.add_argument("file", type=Path)
@@ -218,6 +199,58 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=_positive_int, default=None, help="torch threads on a CPU")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _ensemble_arguments(h, command: str) -> None:
+    """The flags of ``hmc`` and ``ensemble`` (``ensemble`` adds --algorithm and its options; its burn-in,
+    spacing and leapfrog defaults depend on the algorithm: :data:`ENSEMBLE_DEFAULTS`)."""
+    per_algorithm = command == "ensemble"
+    h.add_argument("--L", type=_positive_int, required=True, help="lattice size")
+    h.add_argument("--kappa", type=_finite, required=True, help="hopping parameter κ")
+    h.add_argument("--lam", type=_finite, required=True, help="quartic coupling λ")
+    h.add_argument("--d", type=_positive_int, default=2, help="dimensions (default 2)")
+    h.add_argument("--n-configs", type=_positive_int, required=True, help="number of configurations (= chains)")
+    h.add_argument("--seed", type=_nonneg_int, required=True)
+    h.add_argument("--out", type=Path, required=True, help="output .npz file")
+    if per_algorithm:
+        h.add_argument("--algorithm", choices=["hmc", "fa-hmc", "cluster", "metropolis"], default="hmc",
+                       help="hmc (the paper's); fa-hmc: Fourier-accelerated HMC; cluster: Swendsen-Wang cluster "
+                            "flips of the signs with HMC for the magnitudes; metropolis: local sweeps")
+        h.add_argument("--mass", type=_finite, default=1.0, help="fa-hmc: mass of the kinetic term's propagator")
+        h.add_argument("--n-hmc", type=_positive_int, default=1, help="cluster: HMC trajectories per cluster update")
+        h.add_argument("--delta", type=_finite, default=1.0, help="metropolis: proposal width")
+    units = "updates (trajectories, cycles or sweeps)" if per_algorithm else "trajectories"
+    h.add_argument("--n-burnin", type=_nonneg_int, default=None if per_algorithm else 100,
+                   help=f"burn-in {units} (paper: 100" + ("; default per algorithm)" if per_algorithm else ")"))
+    h.add_argument("--n-spacing", type=_positive_int, default=None if per_algorithm else 64,
+                   help=f"further {units} before keeping one (paper: 64" + ("; default per algorithm)" if per_algorithm
+                                                                          else ")"))
+    h.add_argument("--eps", type=_finite, default=None if per_algorithm else 0.01,
+                   help="leapfrog step (paper: 0.01" + ("; default per algorithm)" if per_algorithm else ")"))
+    h.add_argument("--n-steps", type=_positive_int, default=None if per_algorithm else 100,
+                   help="leapfrog steps per trajectory (paper: 100" + ("; default per algorithm)" if per_algorithm
+                                                                      else ")"))
+    h.add_argument("--batch-size", type=_positive_int, default=1024, help="chains updated together")
+    h.add_argument("--start", choices=["hot", "ordered", "cold"], default="hot",
+                   help="hot (paper), or ordered: the classical vacuum with a random sign (broken phase)")
+    h.add_argument("--per-chain", type=_positive_int, default=1,
+                   help="configurations kept per chain, --n-spacing apart (paper: 1)")
+    h.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    h.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    h.add_argument("--checkpoint-dir", type=Path, default=None, help="save sampler state here; rerun to resume")
+    h.add_argument("--fused", action="store_true",
+                   help="compiled leapfrog (torch.compile): same trajectories to round-off, faster in float64")
+    h.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    h.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+#: burn-in, spacing and leapfrog of ``python -m lib ensemble`` per algorithm, where not given:
+#: hmc the paper's protocol; fa-hmc and cluster decorrelate the long modes in far fewer updates
+#: (trajectory length 1 with step 0.1); metropolis sweeps are cheap and local.
+ENSEMBLE_DEFAULTS = {"hmc": dict(n_burnin=100, n_spacing=64, eps=0.01, n_steps=100),
+                     "fa-hmc": dict(n_burnin=100, n_spacing=16, eps=0.1, n_steps=10),
+                     "cluster": dict(n_burnin=100, n_spacing=8, eps=0.1, n_steps=10),
+                     "metropolis": dict(n_burnin=1000, n_spacing=64, eps=0.01, n_steps=100)}
 
 
 def _ints(s: str, name: str, n: int | None = None, allowed=None) -> tuple:
@@ -507,9 +540,25 @@ def cmd_hmc(a) -> int:
     seed = check_seed(a.seed)
     if a.n_configs % a.per_chain:
         raise CLIError(f"--n-configs {a.n_configs} is not a multiple of --per-chain {a.per_chain}", status=2)
-    settings = _build(HMCSettings, {"eps": "--eps", "n_steps": "--n-steps"}, eps=a.eps, n_steps=a.n_steps,
-                      n_burnin=a.n_burnin, n_spacing=a.n_spacing, n_per_chain=a.per_chain, start=a.start,
-                      dtype=a.dtype)
+    algorithm = getattr(a, "algorithm", "hmc")
+    if a.command == "ensemble":
+        given = {"fa-hmc": ("--mass", a.mass != 1.0), "cluster": ("--n-hmc", a.n_hmc != 1),
+                 "metropolis": ("--delta", a.delta != 1.0)}
+        stray = [flag for alg, (flag, set_) in given.items() if set_ and alg != algorithm]
+        if stray:
+            raise CLIError(f"{', '.join(stray)} has no effect with --algorithm {algorithm}; drop it", status=2)
+        for k, v in ENSEMBLE_DEFAULTS[algorithm].items():
+            if getattr(a, k) is None:
+                setattr(a, k, v)
+        extra = dict(algorithm=algorithm, mass=a.mass, n_hmc=a.n_hmc, delta=a.delta)
+    else:
+        extra = {}
+    if a.fused and algorithm != "hmc":
+        raise CLIError(f"--fused compiles the plain HMC leapfrog; it has no effect with --algorithm {algorithm}",
+                       status=2)
+    settings = _build(HMCSettings, {"eps": "--eps", "n_steps": "--n-steps", "mass": "--mass", "delta": "--delta"},
+                      eps=a.eps, n_steps=a.n_steps, n_burnin=a.n_burnin, n_spacing=a.n_spacing,
+                      n_per_chain=a.per_chain, start=a.start, dtype=a.dtype, **extra)
     if a.d > 4:
         raise CLIError(f"--d {a.d}: lattices of more than 4 dimensions are not supported", status=2)
     _check_checkpoint_dir(a.checkpoint_dir)
@@ -522,8 +571,8 @@ def cmd_hmc(a) -> int:
     for w in caught:  # lib's own warnings (acceptance, compile fallback); not third-party deprecations
         if issubclass(w.category, RuntimeWarning):
             print(f"warning: {w.message}", file=sys.stderr)
-    meta = make_metadata(theory, "hmc", settings, seed, n_configs=a.n_configs, acceptance=info["acceptance"],
-                         device=str(device))
+    meta = make_metadata(theory, settings.algorithm, settings, seed, n_configs=a.n_configs,
+                         acceptance=info["acceptance"], device=str(device))
     save_ensemble(a.out, configs, meta, overwrite=a.force)
     print(f"wrote {a.n_configs} configurations to {a.out} (acceptance {info['acceptance']:.3f})", file=sys.stderr)
     return 0
@@ -686,7 +735,7 @@ def cmd_paper_model(a) -> int:
     return 0
 
 
-COMMANDS = {"hmc": cmd_hmc, "observables": cmd_observables, "train": cmd_train, "sample": cmd_sample,
+COMMANDS = {"hmc": cmd_hmc, "ensemble": cmd_hmc, "observables": cmd_observables, "train": cmd_train, "sample": cmd_sample,
             "dmmc": cmd_dmmc, "paper-model": cmd_paper_model}
 
 

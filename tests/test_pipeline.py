@@ -60,7 +60,7 @@ def test_settings_are_frozen_round_trip_and_key_every_field(cls):
                     "grad_clip": 1.0, "zero_mode_weight": 2.0, "amp": True, "sampler": "pc", "ema": False,
                     "snr": 0.2, "n_corrector": 2, "rtol": 1e-3, "atol": 1e-3, "method": "rk4", "rho": 5.0,
                     "churn": 2.0, "s_noise": 0.9, "sigma_max": 50.0, "t_sampling": "lognormal", "patience": 5,
-                    "precision": "bf16"}
+                    "precision": "bf16", "algorithm": "cluster", "mass": 0.5, "n_hmc": 2, "delta": 0.5}
     for f in dataclasses.fields(cls):
         changed = s.replace(**{f.name: alternatives[f.name]})
         assert changed.key() != s.key(), f.name

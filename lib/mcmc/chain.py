@@ -87,6 +87,8 @@ class MarkovChainSampler(abc.ABC):
         else:
             raise ValueError(f"start must be 'cold', 'hot', 'ordered' or a tensor, got {start!r}")
         self.n_updates = 0
+        self.protocol: dict | None = None  # the ensemble's HMCSettings, when run by lib.mcmc.hmc_ensemble
+        self.samples: list = []  # configurations kept so far by hmc_ensemble (saved with the state)
 
     @property
     def n_chains(self) -> int:
@@ -133,7 +135,8 @@ class MarkovChainSampler(abc.ABC):
         """Everything needed to resume: tensors, numbers and strings only (safe to load)."""
         return {"format": CHAIN_FORMAT, "sampler": self.sampler, "theory": self.theory.to_dict(),
                 "settings": self.settings(), "phi": self.phi.cpu(), "noise": self.noise.get_state(),
-                "n_updates": self.n_updates, "device_type": self.device.type, **self._extra_state()}
+                "n_updates": self.n_updates, "device_type": self.device.type, "samples": list(self.samples),
+                "hmc": self.protocol, **self._extra_state()}
 
     def save(self, path) -> None:
         """Write the complete sampler state atomically (temporary file, then rename)."""
@@ -165,6 +168,7 @@ class MarkovChainSampler(abc.ABC):
         self.start = state["settings"]["start"]
         self.noise.set_state(state["noise"])
         self.n_updates = state["n_updates"]
+        self.samples, self.protocol = list(state.get("samples") or []), state.get("hmc")
         self._load_extra_state(state)
         return self
 

@@ -16,25 +16,26 @@ import torch
 
 from ..rng import check_seed
 from ..runtime import memory_limit, per_sample, resolve_device
-from ..settings import Settings, choice, dtype_name, nonneg_int, positive_float, positive_int
+from ..settings import Settings, choice, dtype_name, nonneg_int, positive_float, positive_int, setting
 from .chain import MarkovChainSampler, warn_if_frozen
 
 
-def leapfrog(theory, phi: torch.Tensor, p: torch.Tensor, eps: float, n_steps: int):
-    r"""Leapfrog integration of Hamilton's equations for H = ½ Σ_x π² + S[φ]:
+def leapfrog(theory, phi: torch.Tensor, p: torch.Tensor, eps: float, n_steps: int, velocity=None):
+    r"""Leapfrog integration of Hamilton's equations for H = ½ πᵀ M⁻¹ π + S[φ]:
 
     .. math::
-        π_{1/2} = π_0 + \tfrac{ε}{2} K(φ_0),\quad φ_{k+1} = φ_k + ε π_{k+1/2},\quad
+        π_{1/2} = π_0 + \tfrac{ε}{2} K(φ_0),\quad φ_{k+1} = φ_k + ε M^{-1}π_{k+1/2},\quad
         π_{k+3/2} = π_{k+1/2} + ε K(φ_{k+1}),
 
-    with the force K = −∂S/∂φ (``theory.drift``) and a final half step for π. The map is
-    reversible and volume preserving; the energy error per trajectory is O(ε²).
+    with the force K = −∂S/∂φ (``theory.drift``) and a final half step for π. ``velocity(π)``
+    is M⁻¹π (default M = 1, H = ½ Σ_x π² + S: plain HMC). For any constant symmetric positive M
+    the map is reversible and volume preserving; the energy error per trajectory is O(ε²).
     Returns new tensors (inputs are not modified).
     """
     phi = phi.clone()
     p = p + 0.5 * eps * theory.drift(phi)
     for k in range(n_steps):
-        phi.add_(p, alpha=eps)
+        phi.add_(p if velocity is None else velocity(p), alpha=eps)
         if k < n_steps - 1:
             p.add_(theory.drift(phi), alpha=eps)
     p.add_(theory.drift(phi), alpha=0.5 * eps)
@@ -136,8 +137,6 @@ class HMC(MarkovChainSampler):
                          first_chain=first_chain, per_chain_streams=per_chain_streams)
         self.n_accepted = torch.zeros(n_chains, device=self.device, dtype=torch.long)
         self.stats = HMCStats()
-        self.protocol: dict | None = None  # the ensemble's HMCSettings, when run by hmc_ensemble
-        self.samples: list = []  # configurations kept so far by hmc_ensemble (saved with the state)
 
     @property
     def n_traj(self) -> int:
@@ -151,12 +150,12 @@ class HMC(MarkovChainSampler):
         if self.per_chain_streams:
             # one call per chain stream: the momenta and one more normal z for the Metropolis test, u = Φ(z)
             draws = self.noise.randn((self.theory.volume + 1,), self.dtype)
-            p = draws[:, :-1].reshape(self.phi.shape)
+            p = self._momenta(draws[:, :-1].reshape(self.phi.shape))
         else:
-            p = self.noise.randn(self.theory.lattice_shape, self.dtype)
-        h0 = hamiltonian(self.theory, self.phi, p)
-        phi_new, p_new = self._leapfrog(self.theory, self.phi, p, self.eps, self.n_steps)
-        dH = hamiltonian(self.theory, phi_new, p_new) - h0
+            p = self._momenta(self.noise.randn(self.theory.lattice_shape, self.dtype))
+        h0 = self._hamiltonian(self.phi, p)
+        phi_new, p_new = self._integrate(self.phi, p)
+        dH = self._hamiltonian(phi_new, p_new) - h0
         if self.per_chain_streams:
             u = 0.5 * torch.erfc(-draws[:, -1] / math.sqrt(2))  # uniform on (0, 1)
         else:
@@ -170,6 +169,17 @@ class HMC(MarkovChainSampler):
         self.stats.mean_dH.append(finite.mean().item() if finite.numel() else math.nan)
         self.stats.mean_exp_minus_dH.append(torch.exp(-finite).mean().item() if finite.numel() else math.nan)
         return accept
+
+    # the kinetic term: M = 1 here; Fourier-accelerated HMC (lib.mcmc.fourier_hmc) overrides these three
+    def _momenta(self, xi: torch.Tensor) -> torch.Tensor:
+        """Momenta π ~ N(0, M) from white noise ξ ~ N(0, 1) of the same shape."""
+        return xi
+
+    def _hamiltonian(self, phi: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return hamiltonian(self.theory, phi, p)
+
+    def _integrate(self, phi: torch.Tensor, p: torch.Tensor):
+        return self._leapfrog(self.theory, phi, p, self.eps, self.n_steps)
 
     def trajectory(self) -> torch.Tensor:
         """One trajectory of every chain (counted); returns the acceptance mask."""
@@ -191,14 +201,36 @@ class HMC(MarkovChainSampler):
         return {**super().settings(), "eps": self.eps, "n_steps": self.n_steps}
 
     def _extra_state(self) -> dict:
-        return {"n_accepted": self.n_accepted.cpu(), "stats": self.stats.as_dict(), "samples": list(self.samples),
-                "hmc": self.protocol}
+        return {"n_accepted": self.n_accepted.cpu(), "stats": self.stats.as_dict()}
 
     def _load_extra_state(self, state: dict) -> None:
-        self.protocol = state["hmc"]
         self.n_accepted = state["n_accepted"].to(self.device)
         self.stats = HMCStats(**state["stats"])
-        self.samples = list(state["samples"])
+
+
+ALGORITHMS = ("hmc", "fa-hmc", "cluster", "metropolis")
+
+
+def sampler_class(algorithm: str):
+    """The Markov-chain class of an ensemble algorithm (one of :data:`ALGORITHMS`)."""
+    from .cluster import ClusterHMC
+    from .fourier_hmc import FourierHMC
+    from .metropolis import Metropolis
+
+    return {"hmc": HMC, "fa-hmc": FourierHMC, "cluster": ClusterHMC, "metropolis": Metropolis}[algorithm]
+
+
+def make_sampler(theory, n_chains: int, settings: "HMCSettings", **kw):
+    """The Markov chain of ``settings.algorithm`` with the ensemble's settings (``kw``: seed, start,
+    device, dtype, first_chain, per_chain_streams, fused, ...)."""
+    cls = sampler_class(settings.algorithm)
+    if settings.algorithm == "metropolis":
+        kw.pop("fused", None)
+        return cls(theory, n_chains, delta=settings.delta, **kw)
+    extra = {"fa-hmc": {"mass": settings.mass}, "cluster": {"n_hmc": settings.n_hmc}}.get(settings.algorithm, {})
+    if settings.algorithm != "hmc":
+        kw.pop("fused", None)
+    return cls(theory, n_chains, eps=settings.eps, n_steps=settings.n_steps, **extra, **kw)
 
 
 @dataclass(frozen=True)
@@ -220,8 +252,18 @@ class HMCSettings(Settings):
     n_per_chain: int = 1
     start: str = "hot"
     dtype: str = "float64"
+    algorithm: str = setting("hmc", omit_at_default=True,
+                             doc="hmc (the paper's), fa-hmc (Fourier-accelerated), cluster (Swendsen-Wang + "
+                                 "HMC), metropolis (local sweeps)")
+    mass: float = setting(1.0, omit_at_default=True, doc="fa-hmc: the mass μ of the kinetic term's propagator")
+    n_hmc: int = setting(1, omit_at_default=True, doc="cluster: HMC trajectories per cluster update")
+    delta: float = setting(1.0, omit_at_default=True, doc="metropolis: the proposal width")
 
     def __post_init__(self):
+        choice("algorithm", self.algorithm, ALGORITHMS)
+        self._set("mass", positive_float("mass", self.mass))
+        positive_int("n_hmc", self.n_hmc)
+        self._set("delta", positive_float("delta", self.delta))
         self._set("eps", positive_float("eps", self.eps))
         positive_int("n_steps", self.n_steps)
         nonneg_int("n_burnin", self.n_burnin)
@@ -294,29 +336,33 @@ def hmc_ensemble(theory, n_configs: int, seed: int, settings: HMCSettings | None
             os.makedirs(checkpoint_dir, exist_ok=True)
             ckpt = os.path.join(checkpoint_dir, f"chains{first:09d}-{first + nb:09d}.pt")
         samples = []
+        options = {"fused": fused} if settings.algorithm == "hmc" else {}
         if ckpt and os.path.exists(ckpt):
-            sampler = HMC.load(ckpt, theory, device=device, fused=fused, expect={
+            sampler = sampler_class(settings.algorithm).load(ckpt, theory, device=device, expect={
                 "seed": seed, "first_chain": first, "n_chains": nb, "per_chain_streams": True,
-                "hmc": settings.to_dict()})
+                "hmc": settings.to_dict()}, **options)
             samples = list(sampler.samples)
         else:
-            sampler = HMC(theory, nb, eps=settings.eps, n_steps=settings.n_steps, seed=seed, start=settings.start,
-                          device=device, dtype=settings.torch_dtype, first_chain=first, per_chain_streams=True,
-                          fused=fused)
+            sampler = make_sampler(theory, nb, settings, seed=seed, start=settings.start, device=device,
+                                   dtype=settings.torch_dtype, first_chain=first, per_chain_streams=True, **options)
             sampler.protocol = settings.to_dict()
-        desc = f"HMC chains {first}-{first + nb - 1} of {n_chains}"
+        name = {"hmc": "HMC", "fa-hmc": "FA-HMC", "cluster": "cluster", "metropolis": "Metropolis"}[settings.algorithm]
+        desc = f"{name} chains {first}-{first + nb - 1} of {n_chains}"
         sampler.samples = samples  # saved with every checkpoint
         for mark in marks[len(samples):]:
-            sampler.run(mark - sampler.n_traj, progress_bar=progress_bar, desc=desc, checkpoint=ckpt)
+            sampler.run(mark - sampler.n_updates, progress_bar=progress_bar, desc=desc, checkpoint=ckpt)
             samples.append(sampler.phi.cpu().clone())
             if ckpt:
                 sampler.save(ckpt)
         configs.append(torch.stack(samples, dim=1).reshape(nb * settings.n_per_chain, *theory.lattice_shape))
-        accepted += sampler.n_accepted.sum().item()
+        if settings.algorithm == "metropolis":
+            accepted += sampler.acceptance_rate * nb * settings.n_trajectories
+        else:  # accepted trajectories, summed as integers (the HMC acceptance is part of the ensemble's identity)
+            accepted += sampler.n_accepted.sum().item() / (settings.n_hmc if settings.algorithm == "cluster" else 1)
     acceptance = accepted / (n_chains * settings.n_trajectories)
-    info = {"sampler": "hmc", "protocol": "independent-chains", "settings": settings.to_dict(), "seed": seed,
-            "acceptance": acceptance, "batch_size": batch_size}
-    warn_if_frozen(acceptance, f"HMC at {theory.to_dict()}")
+    info = {"sampler": settings.algorithm, "protocol": "independent-chains", "settings": settings.to_dict(),
+            "seed": seed, "acceptance": acceptance, "batch_size": batch_size}
+    warn_if_frozen(acceptance, f"{name} at {theory.to_dict()}")
     return torch.cat(configs), info
 
 
@@ -336,7 +382,7 @@ def hmc_request(theory, n_configs: int, seed: int, settings: HMCSettings) -> dic
     """The cache request of an HMC ensemble: theory, settings key, size and seed."""
     from ..storage.ensembles import make_metadata
 
-    meta = make_metadata(theory, "hmc", settings, seed, n_configs=int(n_configs))
+    meta = make_metadata(theory, settings.algorithm, settings, seed, n_configs=int(n_configs))
     meta["settings"] = settings.key()
     return meta
 
