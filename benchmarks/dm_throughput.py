@@ -50,8 +50,8 @@ def unet(device, dtype, strides=(1, 2, 2, 2)):
     return LatticeUNet(lib.VESDE(25.0), channels=CHANNELS, strides=strides).to(device=device, dtype=dtype)
 
 
-def bench_forward(device, dtype, batch, min_time, amp=False, compiled=False):
-    net = unet(device, dtype).eval()
+def bench_forward(device, dtype, batch, min_time, amp=False, compiled=False, strides=(1, 2, 2, 2)):
+    net = unet(device, dtype, strides).eval()
     if compiled:
         net = torch.compile(net)
     x = torch.randn(batch, 32, 32, device=device, dtype=dtype)
@@ -141,12 +141,16 @@ def main():
         fwd = bench_forward(device, dtype, 1024 if gpu else 64, 1.0 if a.quick else 3.0)
         print(f"{device.type}: U-Net (channels {chan}, strides 1-2-2-2) forward, L=32, float32: "
               f"{fwd:.0f} configurations/s")
+        fwd1 = bench_forward(device, dtype, 1024 if gpu else 16, 1.0 if a.quick else 3.0, strides=(1, 1, 1, 1))
+        print(f"{device.type}: the same U-Net with stride 1 at every level (the authors' code): {fwd1:.1f} "
+              f"configurations/s, x{fwd / fwd1:.1f} slower")
         batch, steps = (4096, 500) if gpu else ((16, 10) if a.quick else (64, 50))
         smp = bench_sampling(device, dtype, batch, steps)
         print(f"{device.type}: Euler-Maruyama 500 steps, U-Net {chan}, L=32, float32, batch {batch} (timed over {steps} steps): "
               f"{smp:.2f} configurations/s  (x{smp / PAPER_SAMPLES_PER_S:.3g} the paper's {PAPER_SAMPLES_PER_S}/s "
               "on an RTX 3090)")
         rows = [dict(device=device.type, what="unet_forward_per_s", value=fwd),
+                dict(device=device.type, what="unet_forward_per_s_stride1", value=fwd1),
                 dict(device=device.type, what="samples_per_s_500_steps", value=smp, batch=batch)]
         for L in (16, 32, 64):
             n_train = 5120 if gpu else (128 if a.quick else 640)
