@@ -78,6 +78,69 @@ def _finite(s):
     return v
 
 
+def _int(s):
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {s!r}") from None
+
+
+class _Given(argparse.Action):
+    """Store the value and record that the flag was given (``namespace._given``), so that a command
+    can tell a default from a value the user typed (``--fast`` and the per-algorithm defaults)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+        namespace._given = set(getattr(namespace, "_given", set())) | {self.dest}
+
+
+#: (command, flag) → (settings class, field): the flags generated from settings fields
+FLAG_FIELDS: dict = {}
+
+
+def _settings_flags(parser, command: str, cls, flags: dict, choices: dict | None = None,
+                    more_help: dict | None = None) -> None:
+    """Add one flag per settings field (``flags``: field → flag): its default, type, choices and
+    help text come from the field (:func:`lib.settings.setting`); its range is checked where the
+    settings object is built (one line naming the flag). Booleans that default to False are
+    switches. ``choices`` and ``more_help`` (field → …) add what a field's metadata cannot hold (a
+    registry defined after the settings class)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, flag in flags.items():
+        f = fields[name]
+        doc, default = f.metadata.get("doc", ""), f.default
+        if (more_help or {}).get(name):
+            doc = f"{doc}: {more_help[name]}"
+        shown = "" if default is None or isinstance(default, bool) else f" (default: {default})"
+        if isinstance(default, bool):
+            if default:
+                raise ValueError(f"{cls.__name__}.{name}: a switch must default to False")
+            parser.add_argument(flag, action=_Given, nargs=0, default=False, help=doc)
+        else:
+            kind = str(f.type)
+            typ = _finite if "float" in kind else _int if "int" in kind else str
+            parser.add_argument(flag, action=_Given, type=typ, default=default,
+                                choices=(choices or {}).get(name, f.metadata.get("choices")), help=doc + shown)
+        FLAG_FIELDS[(command, flag)] = (cls, name)
+
+
+def _settings_values(a, command: str, cls) -> dict:
+    """The values of ``command``'s flags generated from ``cls``'s fields, by field name."""
+    return {name: getattr(a, flag[2:].replace("-", "_")) for (c, flag), (k, name) in FLAG_FIELDS.items()
+            if c == command and k is cls}
+
+
+def _flag_names(command: str, cls) -> dict:
+    """field → flag for :func:`_build`'s messages."""
+    return {name: flag for (c, flag), (k, name) in FLAG_FIELDS.items() if c == command and k is cls}
+
+
+def _given(a, dest: str) -> bool:
+    return dest in getattr(a, "_given", set())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m lib", description="Lattice φ⁴ ensembles and observables (see README).")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -85,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in ("hmc", "ensemble"):
         h = sub.add_parser(command, help="generate an HMC ensemble (one configuration per chain)" if command == "hmc"
-                           else "generate an ensemble with hmc, fa-hmc, cluster or metropolis (independent chains)")
+                           else "generate an ensemble with hmc, fa-hmc, cluster or metropolis (independent chains)",
+                           description=None if command == "hmc" else
+                           "--n-burnin, --n-spacing, --eps and --n-steps default to values suited to the algorithm "
+                           "(lib.cli.ENSEMBLE_DEFAULTS), not to the defaults shown, which are the paper's HMC")
         _ensemble_arguments(h, command)
 
     o = sub.add_parser("observables", help="⟨M⟩, ⟨|M|⟩, χ₂, U_L of an ensemble file")
@@ -96,39 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a diffusion model on an ensemble file")
     t.add_argument("ensemble", type=Path, help="training ensemble (.npz)")
     t.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
-    t.add_argument("--epochs", type=_positive_int, default=250, help="paper: 250")
-    t.add_argument("--batch-size", type=_positive_int, default=64, help="paper: 64")
-    t.add_argument("--lr", type=_finite, default=1e-3, help="Adam learning rate (paper: 1e-3)")
+    from .diffusion.training import TrainSettings
+
+    _settings_flags(t, "train", TrainSettings, {
+        "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "ema_decay": "--ema",
+        "z2_augment": "--z2-augment", "normalisation": "--normalise", "grad_clip": "--grad-clip",
+        "zero_mode_weight": "--zero-mode-weight", "amp": "--amp", "t_sampling": "--t-sampling",
+        "patience": "--patience"})
     t.add_argument("--sde", choices=["ve", "vp"], default="ve")
     t.add_argument("--sigma", type=_finite, default=25.0, help="g(t) = sigma^t (paper: 25)")
     t.add_argument("--channels", default="32,64,128,256", help="U-Net channels (four numbers)")
     t.add_argument("--strides", default="1,2,2,2", help="U-Net strides (four numbers in {1,2})")
     t.add_argument("--hidden", default="64,64", help="MLP hidden sizes (for non-lattice data)")
-    t.add_argument("--normalise", choices=["minmax", "maxabs", "none"], default="minmax",
-                   help="field rescaling before training (authors: minmax)")
-    t.add_argument("--z2-augment", action="store_true", help="flip the sign of training configurations at random")
     t.add_argument("--odd", action="store_true", help="make the network odd under phi -> -phi")
     t.add_argument("--zero-mode-head", action="store_true",
                    help="U-Net with a path for the magnetisation (zero mode) of the score (chapter 6)")
     t.add_argument("--zero-mode-sd", type=_finite, default=None,
                    help="scale of the zero-mode head (default: the RMS magnetisation of the data in network units)")
-    t.add_argument("--zero-mode-weight", type=_finite, default=1.0,
-                   help="weight of the zero mode in the DSM loss (paper: 1; chapter 6)")
     t.add_argument("--gaussian-skip", action="store_true",
                    help="learn the correction to the score of Gaussian sites of the data's variance (not in the paper)")
-    t.add_argument("--t-sampling", choices=["uniform", "lognormal"], default="uniform",
-                   help="diffusion times of the loss: uniform in t (paper) or log-normal noise levels (EDM)")
-    t.add_argument("--ema", type=_finite, default=None, help="EMA decay of the weights, e.g. 0.999")
     t.add_argument("--n-train", type=_positive_int, default=None, help="use only the first N configurations")
     t.add_argument("--n-validation", type=_positive_int, default=None,
                    help="hold out the next N configurations and record their DSM loss every epoch")
-    t.add_argument("--patience", type=_positive_int, default=None,
-                   help="early stopping: stop when the held-out loss has not improved for this many epochs "
-                        "(needs --n-validation); sampling then uses the best epoch's weights")
     t.add_argument("--seed", type=_nonneg_int, required=True, help="fixes the initial weights and the training")
-    t.add_argument("--grad-clip", type=_finite, default=None, help="clip the gradient norm")
     t.add_argument("--device", default="auto")
-    t.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run written to --out")
     t.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     t.add_argument("--no-progress", action="store_true")
@@ -139,27 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, required=True, help="output ensemble (.npz)")
     g.add_argument("--seed", type=_nonneg_int, required=True)
     g.add_argument("--L", type=_positive_int, default=None, help="lattice size (default: the training L)")
-    from .diffusion.samplers import SAMPLER_HELP, SAMPLERS
+    from .diffusion.samplers import SAMPLER_HELP, SAMPLERS, SampleSettings
 
-    g.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                   help="; ".join(f"{k}: {v}" for k, v in SAMPLER_HELP.items()) + " (default: em)")
-    g.add_argument("--steps", type=_positive_int, default=None,
-                   help="time steps of em and pc, noise levels of the others (default 500, the paper's)")
+    _settings_flags(g, "sample", SampleSettings, {
+        "sampler": "--sampler", "n_steps": "--steps", "eps": "--eps", "rtol": "--rtol", "atol": "--atol",
+        "churn": "--churn", "rho": "--rho", "sigma_max": "--sigma-max", "precision": "--precision"},
+        choices={"sampler": list(SAMPLERS)}, more_help={"sampler": "; ".join(f"{k}: {v}" for k, v in
+                                                                             SAMPLER_HELP.items())})
     g.add_argument("--fast", action="store_true",
                    help="the fastest settings measured at the accuracy of 500-step em, for this device: dpm2 "
-                        "with 48 levels, bf16 on a CPU (lib.diffusion.fast_settings)")
-    g.add_argument("--rtol", type=_finite, default=None, help="relative tolerance of the ode sampler (default 1e-5)")
-    g.add_argument("--atol", type=_finite, default=None, help="absolute tolerance of the ode sampler (default 1e-5)")
-    g.add_argument("--churn", type=_finite, default=None,
-                   help="noise added per step by the churn sampler (EDM's S_churn; default 10)")
-    g.add_argument("--rho", type=_finite, default=None,
-                   help="noise-level grid of heun, churn, ddim, dpm2 (default 7, EDM's)")
-    g.add_argument("--sigma-max", type=_finite, default=None,
-                   help="cap on the first noise level of heun, churn, ddim, dpm2 (use e.g. 80 for VP models)")
-    g.add_argument("--eps", type=_finite, default=1e-3, help="last diffusion time (paper: 1e-3)")
-    g.add_argument("--precision", choices=["float32", "bf16"], default=None,
-                   help="bf16: the network under bfloat16 autocast, about 2x faster on CPUs with AVX-512 BF16 "
-                        "and on recent GPUs (default float32, the paper's)")
+                        "with 48 levels, bf16 on CPUs with native bf16 (lib.diffusion.fast_settings)")
     g.add_argument("--batch-size", type=_positive_int, default=1024)
     g.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
     g.add_argument("--device", default="auto")
@@ -171,20 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n", type=_positive_int, required=True, help="number of proposals (= length of the chain)")
     c.add_argument("--seed", type=_nonneg_int, required=True)
     c.add_argument("--out", type=Path, required=True, help="output ensemble (.npz) of the chain's configurations")
-    c.add_argument("--variant", choices=["paths", "paper"], default="paths",
-                   help="paths: exact path-space weights (default); paper: Euler-Maruyama proposals with the "
-                        "ODE's Hutchinson log q (the paper's recipe; not exact)")
+    from .diffusion.dmmc import DMMCSettings
+
+    _settings_flags(c, "dmmc", DMMCSettings, {"variant": "--variant", "n_steps": "--steps", "variance": "--variance",
+                                              "n_probes": "--probes", "rtol": "--rtol"})
     c.add_argument("--sampler", choices=["path", "em"], default=None,
                    help="the proposals' sampler: path (Gaussian reverse kernels; variant paths) or em "
                         "(Euler-Maruyama; variant paper); implied by --variant")
-    c.add_argument("--steps", type=_positive_int, default=None,
-                   help="reverse steps per proposal (default: 100 for paths, 500 for paper)")
-    c.add_argument("--variance", choices=["propagator", "isotropic"], default="propagator",
-                   help="the path kernels' variances: per momentum mode, or per site")
     c.add_argument("--data", type=Path, default=None,
                    help="the training ensemble (.npz), for the kernels' spectrum (default: the model's own samples)")
-    c.add_argument("--probes", type=_positive_int, default=10, help="Hutchinson probes of the paper's log q")
-    c.add_argument("--rtol", type=_finite, default=1e-5, help="tolerance of the ODE for the paper's log q")
     c.add_argument("--batch-size", type=_positive_int, default=256)
     c.add_argument("--device", default="auto")
     c.add_argument("--force", action="store_true")
@@ -212,31 +253,15 @@ def _ensemble_arguments(h, command: str) -> None:
     h.add_argument("--n-configs", type=_positive_int, required=True, help="number of configurations (= chains)")
     h.add_argument("--seed", type=_nonneg_int, required=True)
     h.add_argument("--out", type=Path, required=True, help="output .npz file")
-    if per_algorithm:
-        h.add_argument("--algorithm", choices=["hmc", "fa-hmc", "cluster", "metropolis"], default="hmc",
-                       help="hmc (the paper's); fa-hmc: Fourier-accelerated HMC; cluster: Swendsen-Wang cluster "
-                            "flips of the signs with HMC for the magnitudes; metropolis: local sweeps")
-        h.add_argument("--mass", type=_finite, default=1.0, help="fa-hmc: mass of the kinetic term's propagator")
-        h.add_argument("--n-hmc", type=_positive_int, default=1, help="cluster: HMC trajectories per cluster update")
-        h.add_argument("--delta", type=_finite, default=1.0, help="metropolis: proposal width")
-    units = "updates (trajectories, cycles or sweeps)" if per_algorithm else "trajectories"
-    h.add_argument("--n-burnin", type=_nonneg_int, default=None if per_algorithm else 100,
-                   help=f"burn-in {units} (paper: 100" + ("; default per algorithm)" if per_algorithm else ")"))
-    h.add_argument("--n-spacing", type=_positive_int, default=None if per_algorithm else 64,
-                   help=f"further {units} before keeping one (paper: 64" + ("; default per algorithm)" if per_algorithm
-                                                                          else ")"))
-    h.add_argument("--eps", type=_finite, default=None if per_algorithm else 0.01,
-                   help="leapfrog step (paper: 0.01" + ("; default per algorithm)" if per_algorithm else ")"))
-    h.add_argument("--n-steps", type=_positive_int, default=None if per_algorithm else 100,
-                   help="leapfrog steps per trajectory (paper: 100" + ("; default per algorithm)" if per_algorithm
-                                                                      else ")"))
+    from .mcmc.hmc import HMCSettings
+
+    fields = {"n_burnin": "--n-burnin", "n_spacing": "--n-spacing", "eps": "--eps", "n_steps": "--n-steps",
+              "start": "--start", "n_per_chain": "--per-chain", "dtype": "--dtype"}
+    if per_algorithm:  # burn-in, spacing and leapfrog not given: ENSEMBLE_DEFAULTS of the algorithm
+        fields.update(algorithm="--algorithm", mass="--mass", n_hmc="--n-hmc", delta="--delta")
+    _settings_flags(h, command, HMCSettings, fields)
     h.add_argument("--batch-size", type=_positive_int, default=1024, help="chains updated together")
-    h.add_argument("--start", choices=["hot", "ordered", "cold"], default="hot",
-                   help="hot (paper), or ordered: the classical vacuum with a random sign (broken phase)")
-    h.add_argument("--per-chain", type=_positive_int, default=1,
-                   help="configurations kept per chain, --n-spacing apart (paper: 1)")
     h.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    h.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     h.add_argument("--checkpoint-dir", type=Path, default=None, help="save sampler state here; rerun to resume")
     h.add_argument("--fused", action="store_true",
                    help="compiled leapfrog (torch.compile): same trajectories to round-off, faster in float64")
@@ -362,11 +387,7 @@ def cmd_train(a) -> int:
         raise CLIError(f"--sigma must be > 1, got {a.sigma}", status=2)
     if a.zero_mode_sd is not None and not a.zero_mode_sd > 0:
         raise CLIError(f"--zero-mode-sd must be positive, got {a.zero_mode_sd}", status=2)
-    settings = _build(TrainSettings, {"lr": "--lr", "ema_decay": "--ema", "grad_clip": "--grad-clip",
-                                      "zero_mode_weight": "--zero-mode-weight"},
-                      epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema, z2_augment=a.z2_augment,
-                      normalisation=a.normalise, grad_clip=a.grad_clip, zero_mode_weight=a.zero_mode_weight,
-                      amp=a.amp, t_sampling=a.t_sampling, patience=a.patience)
+    settings = _build(TrainSettings, _flag_names("train", TrainSettings), **_settings_values(a, "train", TrainSettings))
     if a.patience and not a.n_validation:
         raise CLIError("--patience needs held-out configurations: add --n-validation N", status=2)
     device = _device(a.device)
@@ -436,35 +457,27 @@ def cmd_sample(a) -> int:
     _check_out(a.out, ".npz", a.force)
     seed = check_seed(a.seed)
     device = _device(a.device)
+    values = _settings_values(a, "sample", SampleSettings)
     if a.fast:
         from .diffusion import fast_settings
 
-        given = [flag for flag, v in (("--sampler", a.sampler), ("--steps", a.steps), ("--precision", a.precision))
-                 if v is not None]
+        given = [flag for flag, dest in (("--sampler", "sampler"), ("--steps", "steps"), ("--precision", "precision"))
+                 if _given(a, dest)]
         if given:
             raise CLIError(f"--fast chooses the sampler, the steps and the precision; drop {', '.join(given)}",
                            status=2)
         winners = fast_settings(device)
-        a.sampler, a.steps, a.precision = winners.sampler, winners.n_steps, winners.precision
-    a.sampler, a.steps, a.precision = a.sampler or "em", a.steps or 500, a.precision or "float32"
+        values.update(sampler=winners.sampler, n_steps=winners.n_steps, precision=winners.precision)
     # a flag the chosen sampler would ignore is refused, not dropped silently
-    used_by = {"--rtol": ("ode",), "--atol": ("ode",), "--churn": ("churn",),
-               "--rho": ("heun", "churn", "ddim", "dpm2"), "--sigma-max": ("heun", "churn", "ddim", "dpm2")}
-    ignored = [flag for flag, samplers in used_by.items()
-               if getattr(a, flag[2:].replace("-", "_")) is not None and a.sampler not in samplers]
+    used_by = {"rtol": ("ode",), "atol": ("ode",), "churn": ("churn",),
+               "rho": ("heun", "churn", "ddim", "dpm2"), "sigma_max": ("heun", "churn", "ddim", "dpm2")}
+    ignored = [f"--{dest.replace('_', '-')}" for dest, samplers in used_by.items()
+               if _given(a, dest) and values["sampler"] not in samplers]
     if ignored:
-        raise CLIError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect on the {a.sampler} "
-                       f"sampler{' that --fast chose' if a.fast else ''}; drop {'it' if len(ignored) == 1 else 'them'}",
-                       status=2)
-    a.rtol = 1e-5 if a.rtol is None else a.rtol
-    a.atol = 1e-5 if a.atol is None else a.atol
-    a.rho = 7.0 if a.rho is None else a.rho
-    a.churn = 10.0 if a.churn is None else a.churn
-    settings = _build(SampleSettings, {"n_steps": "--steps", "eps": "--eps", "rtol": "--rtol", "atol": "--atol",
-                                       "churn": "--churn", "rho": "--rho", "sigma_max": "--sigma-max"},
-                      sampler=a.sampler, n_steps=a.steps, eps=a.eps, ema=not a.no_ema, rtol=a.rtol, atol=a.atol,
-                      rho=a.rho, sigma_max=a.sigma_max, churn=a.churn if a.sampler == "churn" else 0.0,
-                      precision=a.precision)
+        raise CLIError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect on the "
+                       f"{values['sampler']} sampler{' that --fast chose' if a.fast else ''}; drop "
+                       f"{'it' if len(ignored) == 1 else 'them'}", status=2)
+    settings = _build(SampleSettings, _flag_names("sample", SampleSettings), ema=not a.no_ema, **values)
     model, state = load_model(a.checkpoint, device=device, ema=settings.ema)
     meta_ck = state["metadata"]
     trained_shape = tuple(meta_ck.get("lattice_shape", ()))
@@ -538,27 +551,22 @@ def cmd_hmc(a) -> int:
 
     _check_out(a.out, ".npz", a.force)
     seed = check_seed(a.seed)
-    if a.n_configs % a.per_chain:
-        raise CLIError(f"--n-configs {a.n_configs} is not a multiple of --per-chain {a.per_chain}", status=2)
-    algorithm = getattr(a, "algorithm", "hmc")
+    values = _settings_values(a, a.command, HMCSettings)
+    algorithm = values.get("algorithm", "hmc")
     if a.command == "ensemble":
-        given = {"fa-hmc": ("--mass", a.mass != 1.0), "cluster": ("--n-hmc", a.n_hmc != 1),
-                 "metropolis": ("--delta", a.delta != 1.0)}
-        stray = [flag for alg, (flag, set_) in given.items() if set_ and alg != algorithm]
+        own = {"mass": "fa-hmc", "n_hmc": "cluster", "delta": "metropolis"}
+        stray = [f"--{k.replace('_', '-')}" for k, alg in own.items() if _given(a, k) and alg != algorithm]
         if stray:
             raise CLIError(f"{', '.join(stray)} has no effect with --algorithm {algorithm}; drop it", status=2)
         for k, v in ENSEMBLE_DEFAULTS[algorithm].items():
-            if getattr(a, k) is None:
-                setattr(a, k, v)
-        extra = dict(algorithm=algorithm, mass=a.mass, n_hmc=a.n_hmc, delta=a.delta)
-    else:
-        extra = {}
+            if not _given(a, k):
+                values[k] = v
     if a.fused and algorithm != "hmc":
         raise CLIError(f"--fused compiles the plain HMC leapfrog; it has no effect with --algorithm {algorithm}",
                        status=2)
-    settings = _build(HMCSettings, {"eps": "--eps", "n_steps": "--n-steps", "mass": "--mass", "delta": "--delta"},
-                      eps=a.eps, n_steps=a.n_steps, n_burnin=a.n_burnin, n_spacing=a.n_spacing,
-                      n_per_chain=a.per_chain, start=a.start, dtype=a.dtype, **extra)
+    settings = _build(HMCSettings, _flag_names(a.command, HMCSettings), **values)
+    if a.n_configs % settings.n_per_chain:
+        raise CLIError(f"--n-configs {a.n_configs} is not a multiple of --per-chain {settings.n_per_chain}", status=2)
     if a.d > 4:
         raise CLIError(f"--d {a.d}: lattices of more than 4 dimensions are not supported", status=2)
     _check_checkpoint_dir(a.checkpoint_dir)
@@ -636,9 +644,10 @@ def cmd_dmmc(a) -> int:
     implied = {"paths": "path", "paper": "em"}[a.variant]
     if a.sampler is not None and a.sampler != implied:
         raise CLIError(f"--sampler {a.sampler} does not go with --variant {a.variant} (which uses {implied})", status=2)
-    steps = a.steps or (100 if a.variant == "paths" else 500)
-    settings = _build(DMMCSettings, {"n_steps": "--steps", "rtol": "--rtol", "n_probes": "--probes"},
-                      variant=a.variant, n_steps=steps, variance=a.variance, n_probes=a.probes, rtol=a.rtol)
+    values = _settings_values(a, "dmmc", DMMCSettings)
+    if not _given(a, "steps"):  # the paper's recipe takes its 500 Euler-Maruyama steps
+        values["n_steps"] = 100 if a.variant == "paths" else 500
+    settings = _build(DMMCSettings, _flag_names("dmmc", DMMCSettings), **values)
     device = _device(a.device)
     model, state = load_model(a.checkpoint, device=device)
     theory = theory_of_checkpoint(state)

@@ -17,9 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
-def setting(default, *, omit_at_default: bool = False, doc: str = ""):
-    """Declare a settings field; ``omit_at_default`` leaves it out of the key while at its default."""
-    return field(default=default, metadata={"omit_at_default": omit_at_default, "doc": doc})
+def setting(default, *, omit_at_default: bool = False, doc: str = "", choices: tuple | None = None):
+    """Declare a settings field; ``omit_at_default`` leaves it out of the key while at its default.
+    ``doc`` and ``choices`` are the help text and the allowed values of the command-line flag that
+    :mod:`lib.cli` generates from the field (its default and type come from the field too)."""
+    meta = {"omit_at_default": omit_at_default, "doc": doc}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)

@@ -239,3 +239,25 @@ def test_sample_fast_takes_the_measured_winners_of_this_device(checkpoint, tmp_p
                                                                                 "bf16" if native else "float32")
     r = run("sample", checkpoint, "--n", 4, "--out", tmp_path / "y.npz", "--seed", 1, "--fast", "--sampler", "em")
     assert "drop --sampler" in _one_line_error(r)
+
+
+def test_every_settings_flag_takes_its_default_type_and_help_from_its_field():
+    """The flags of hmc, ensemble, train, sample and dmmc that set a stage's settings are generated
+    from the settings fields: no flag's default differs from its field's, and its help is the field's."""
+    import argparse
+    import dataclasses
+
+    from lib import cli
+
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    seen = set()
+    for (command, flag), (cls, name) in cli.FLAG_FIELDS.items():
+        field = {f.name: f for f in dataclasses.fields(cls)}[name]
+        action = next(a for a in subs[command]._actions if flag in a.option_strings)
+        assert action.default == field.default, (command, flag, action.default, field.default)
+        assert field.metadata.get("doc") and field.metadata["doc"] in action.help, (command, flag)
+        if field.metadata.get("choices"):
+            assert tuple(action.choices) == field.metadata["choices"], (command, flag)
+        seen.add(command)
+    assert seen == {"hmc", "ensemble", "train", "sample", "dmmc"}

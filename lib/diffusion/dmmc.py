@@ -30,7 +30,7 @@ import torch
 from ..mcmc.independence import IndependenceChain, independence_chain
 from ..rng import check_seed, stream_seed
 from ..runtime import resolve_device
-from ..settings import Settings, choice, positive_float, positive_int
+from ..settings import Settings, choice, positive_float, positive_int, setting
 
 CHAIN_DOMAIN = "dm-mc"
 PROPOSAL_DOMAIN = "dm-mc-proposals"  # the paper variant's EM proposals: never the draws of `sample` with the same seed
@@ -47,11 +47,15 @@ class DMMCSettings(Settings):
     (paper only; atol = rtol as in the paper's code)."""
 
     stage = "dm-mc"
-    variant: str = "paths"
-    n_steps: int = 100
-    variance: str = "propagator"
-    n_probes: int = 10
-    rtol: float = 1e-5
+    variant: str = setting("paths", doc="paths: exact path-space weights; paper: Euler-Maruyama proposals with the "
+                                        "ODE's Hutchinson log q (the paper's recipe; not exact)",
+                           choices=("paths", "paper"))
+    n_steps: int = setting(100, doc="reverse steps per proposal (100 for paths; the paper variant takes 500 unless "
+                                    "given)")
+    variance: str = setting("propagator", doc="the path kernels' variances: per momentum mode, or per site",
+                            choices=("propagator", "isotropic"))
+    n_probes: int = setting(10, doc="Hutchinson probes of the paper's log q")
+    rtol: float = setting(1e-5, doc="tolerance of the ODE for the paper's log q")
 
     def __post_init__(self):
         choice("variant", self.variant, VARIANTS)

@@ -46,20 +46,26 @@ class SampleSettings(Settings):
     """
 
     stage = "sample"
-    sampler: str = "em"
-    n_steps: int = 500
-    eps: float = 1e-3
-    ema: bool = True
-    snr: float = 0.16
-    n_corrector: int = 1
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    method: str = "dopri5"
-    rho: float = setting(7.0, omit_at_default=True)
-    churn: float = setting(0.0, omit_at_default=True)
-    s_noise: float = setting(1.0, omit_at_default=True)
-    sigma_max: float | None = setting(None, omit_at_default=True)
-    precision: str = setting("float32", omit_at_default=True)
+    sampler: str = setting("em", doc="the sampler")
+    n_steps: int = setting(500, doc="time steps of em and pc, noise levels of the others (paper: 500)")
+    eps: float = setting(1e-3, doc="last diffusion time (paper: 1e-3)")
+    ema: bool = setting(True, doc="sample with the EMA weights when the model has them")
+    snr: float = setting(0.16, doc="pc: signal-to-noise ratio of the corrector")
+    n_corrector: int = setting(1, doc="pc: corrector steps per predictor step")
+    rtol: float = setting(1e-5, doc="relative tolerance of the ode sampler")
+    atol: float = setting(1e-5, doc="absolute tolerance of the ode sampler")
+    method: str = setting("dopri5", doc="the ode sampler's solver")
+    rho: float = setting(7.0, omit_at_default=True, doc="noise-level grid of heun, churn, ddim, dpm2 (EDM: 7)")
+    churn: float = setting(0.0, omit_at_default=True,
+                           doc="noise added per step by the churn sampler (EDM's S_churn, e.g. 10; needed with "
+                               "--sampler churn)")
+    s_noise: float = setting(1.0, omit_at_default=True, doc="churn: EDM's S_noise")
+    sigma_max: float | None = setting(None, omit_at_default=True,
+                                      doc="cap on the first noise level of heun, churn, ddim, dpm2 (e.g. 80 for VP "
+                                          "models)")
+    precision: str = setting("float32", omit_at_default=True,
+                             doc="bf16: the network under bfloat16 autocast, about 2x faster on CPUs with native "
+                                 "bf16 and on recent GPUs (the paper's: float32)", choices=("float32", "bf16"))
 
     def __post_init__(self):
         choice("sampler", self.sampler, tuple(SAMPLERS))

@@ -39,19 +39,24 @@ class TrainSettings(Settings):
     """
 
     stage = "train"
-    epochs: int = 250
-    batch_size: int = 64
-    lr: float = 1e-3
-    ema_decay: float | None = None
-    z2_augment: bool = False
-    normalisation: str = "minmax"
-    eps: float = 1e-5
-    grad_clip: float | None = None
-    zero_mode_weight: float = 1.0
-    amp: bool = False
-    dtype: str = "float32"
-    t_sampling: str = setting("uniform", omit_at_default=True)
-    patience: int | None = setting(None, omit_at_default=True)
+    epochs: int = setting(250, doc="training epochs (paper: 250)")
+    batch_size: int = setting(64, doc="configurations per optimiser step (paper: 64)")
+    lr: float = setting(1e-3, doc="Adam learning rate (paper: 1e-3)")
+    ema_decay: float | None = setting(None, doc="EMA decay of the weights that are sampled with, e.g. 0.999")
+    z2_augment: bool = setting(False, doc="flip the sign of training configurations at random")
+    normalisation: str = setting("minmax", doc="field rescaling before training (authors: minmax)",
+                                 choices=("minmax", "maxabs", "none"))
+    eps: float = setting(1e-5, doc="smallest diffusion time of the loss (paper: 1e-5)")
+    grad_clip: float | None = setting(None, doc="clip the gradient norm")
+    zero_mode_weight: float = setting(1.0, doc="weight of the zero mode in the DSM loss (paper: 1; chapter 6)")
+    amp: bool = setting(False, doc="bf16 autocast on CUDA")
+    dtype: str = setting("float32", doc="dtype of the network and data", choices=("float32", "float64"))
+    t_sampling: str = setting("uniform", omit_at_default=True,
+                              doc="diffusion times of the loss: uniform in t (paper) or log-normal noise levels "
+                                  "(EDM)", choices=("uniform", "lognormal"))
+    patience: int | None = setting(None, omit_at_default=True,
+                                   doc="early stopping: stop when the held-out loss has not improved for this many "
+                                       "epochs (needs --n-validation); sampling then uses the best epoch's weights")
 
     def __post_init__(self):
         positive_int("epochs", self.epochs)

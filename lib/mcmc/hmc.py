@@ -245,16 +245,17 @@ class HMCSettings(Settings):
     """
 
     stage = "hmc"
-    eps: float = 0.01
-    n_steps: int = 100
-    n_burnin: int = 100
-    n_spacing: int = 64
-    n_per_chain: int = 1
-    start: str = "hot"
-    dtype: str = "float64"
+    eps: float = setting(0.01, doc="leapfrog step (paper: 0.01)")
+    n_steps: int = setting(100, doc="leapfrog steps per trajectory (paper: 100)")
+    n_burnin: int = setting(100, doc="burn-in updates of every chain (paper: 100 trajectories)")
+    n_spacing: int = setting(64, doc="further updates before keeping a configuration (paper: 64)")
+    n_per_chain: int = setting(1, doc="configurations kept per chain, n_spacing apart (paper: 1)")
+    start: str = setting("hot", doc="hot (paper), ordered: the classical vacuum with a random sign (broken phase), "
+                                    "or cold", choices=("hot", "ordered", "cold"))
+    dtype: str = setting("float64", doc="dtype of the fields", choices=("float64", "float32"))
     algorithm: str = setting("hmc", omit_at_default=True,
                              doc="hmc (the paper's), fa-hmc (Fourier-accelerated), cluster (Swendsen-Wang + "
-                                 "HMC), metropolis (local sweeps)")
+                                 "HMC), metropolis (local sweeps)", choices=("hmc", "fa-hmc", "cluster", "metropolis"))
     mass: float = setting(1.0, omit_at_default=True, doc="fa-hmc: the mass μ of the kinetic term's propagator")
     n_hmc: int = setting(1, omit_at_default=True, doc="cluster: HMC trajectories per cluster update")
     delta: float = setting(1.0, omit_at_default=True, doc="metropolis: the proposal width")

@@ -75,6 +75,8 @@ def cache_lock(path, wait: bool = True, what: str = "output"):
         try:
             yield
         finally:
+            if not wait:  # nobody waits on a non-blocking lock: leave no lock file beside the user's output
+                lock.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
