@@ -222,3 +222,21 @@ def test_make_execute_checks_the_chapter_and_its_parameters_first(params, match)
                        text=True, timeout=120)
     assert r.returncode != 0 and "no chapter" in r.stdout + r.stderr and "Traceback" not in r.stderr
     assert chapter.read_bytes() == before
+
+
+def test_an_ensemble_whose_numbers_changed_is_refused_and_a_cached_one_made_again(tmp_path):
+    import numpy as np
+
+    th = lib.Phi4(L=4, kappa=0.2, lam=0.0)
+    kw = dict(n_burnin=2, n_spacing=2, eps=0.1, n_steps=5, cache_dir=tmp_path, progress_bar=False, verbose=False)
+    ens = lib.cached_hmc_ensemble(th, 8, seed=1, **kw)
+    with np.load(ens.path) as z:
+        configs, meta = z["configs"].copy(), str(z["metadata"])
+    configs[3, 1, 2] += 1.0  # one number edited, the metadata left as it was
+    with open(ens.path, "wb") as fh:
+        np.savez(fh, configs=configs, metadata=np.array(meta))
+    with pytest.raises(ValueError, match="checksum"):
+        lib.storage.load_ensemble(ens.path)
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        again = lib.cached_hmc_ensemble(th, 8, seed=1, **kw)
+    assert np.array_equal(again.configs, ens.configs) and list(tmp_path.glob("*.damaged"))

@@ -14,6 +14,7 @@ from ..rng import check_seed
 from ..runtime import resolve_device
 from ..storage.cache import cache_dir as _cache_dir
 from ..storage.cache import cache_lock, move_aside, shown
+from ..storage.ensembles import CHECKSUM
 from ..storage.files import content_hash, lib_version, save_checkpoint
 from .networks import LatticeUNet, MLPScore, build_score_model
 from .shipped import shipped_checkpoint
@@ -112,9 +113,10 @@ def check_lattice(model, state_metadata: dict, lattice_shape) -> tuple:
 
 
 def ensemble_identity(metadata: dict) -> str:
-    """A hash of an ensemble's metadata (all of it but the device it was made on): names the
-    training ensemble in a model's request."""
-    return content_hash({k: v for k, v in metadata.items() if k != "device"})
+    """A hash of an ensemble's metadata (all of it but the device it was made on and the checksum of
+    its configurations, which files written before lib stored one lack): names the training
+    ensemble in a model's request."""
+    return content_hash({k: v for k, v in metadata.items() if k not in ("device", CHECKSUM)})
 
 
 def score_model_request(ensemble, model, settings: TrainSettings, *, n_train: int, seed: int,

@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write, check_writable, existing_file, lib_version
+from .files import array_hash, atomic_write, check_writable, existing_file, lib_version
 
 FORMAT = "dmsq-ensemble-v2"
 # Earlier formats are still *read* (their configurations are valid data, e.g. for observables),
 # but their metadata never matches a cache request of this version.
 READABLE_FORMATS = ("dmsq-ensemble-v1", FORMAT)
+#: the metadata entry holding the configurations' content hash (:func:`lib.storage.files.array_hash`);
+#: not part of an ensemble's identity (:func:`lib.diffusion.models.ensemble_identity`)
+CHECKSUM = "configs_sha256"
 
 
 @dataclass
@@ -80,6 +83,7 @@ def save_ensemble(path, configs, metadata: dict, overwrite: bool = False, allow_
     meta.setdefault("lib_version", lib_version())
     meta["n_configs"] = int(arr.shape[0])
     meta["shape"] = list(arr.shape[1:])
+    meta[CHECKSUM] = array_hash(arr)  # checked on every load: a file whose numbers changed is refused
     if bad:
         meta["n_nonfinite"] = bad
     blob = json.dumps(meta, sort_keys=True, allow_nan=False)
@@ -121,6 +125,8 @@ def load_ensemble(path, allow_nonfinite: bool = False) -> Ensemble:
         if configs.ndim - 1 != d or any(n != L for n in configs.shape[1:]):  # (no list of d items: d may be huge)
             raise ValueError(f"{path}: configurations have shape {list(configs.shape[1:])}, but the theory in its "
                              f"metadata is L = {L}, d = {d}")
+    if CHECKSUM in meta and array_hash(configs) != meta[CHECKSUM]:
+        raise ValueError(f"{path}: its configurations do not match the checksum in its metadata (damaged or edited)")
     if not allow_nonfinite:
         bad = int((~np.isfinite(configs.reshape(configs.shape[0], -1))).any(axis=1).sum())
         if bad:
