@@ -10,7 +10,7 @@ statistical error:
   variance is a(p)² v_T(p);
 * Euler–Maruyama: the per-mode variance recursion of its step
   (:meth:`lib.theories.GaussianField.em_variance` of `Phi4.free_field()`, checked against the library's sampler by Monte Carlo in
-  tests/test_fast_samplers.py).
+  tests/test_diffusion_samplers.py).
 
 The error is the root mean square over modes of var_out(p)/v_ε(p) − 1, with x_T drawn from the
 exact p_T (so that the prior, the same for every sampler, is not what is measured). For each

@@ -1,4 +1,4 @@
-"""The built book as a reader's browser shows it (issue 14): every page opened in headless
+"""The built book as a reader's browser shows it: every page opened in headless
 Chromium from disk, with no network, must have its title, load every image, typeset every formula
 (no raw ``\\(`` left in the text: MathJax ships with the book) and link only to pages and anchors
 that exist. Screenshots of two pages are kept in ``_build/screenshots`` (not committed).

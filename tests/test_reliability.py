@@ -1,6 +1,8 @@
-"""The three severe failures a hostile probe found (issue 27), each as its own test: derived
-results keyed on the content that produced them, two `train` runs on one output, and a failed
-`train --force` that must leave the old model intact."""
+"""Failures a hostile user would provoke, one test per class (what the README's reliability paragraph
+guarantees): derived results keyed on the content that produced them, two `train` runs on one
+output, a failed `train --force`, degenerate or contradictory input, short or frozen DM-MC chains,
+random-stream domains, held-out records on resume, inconsistent cache content, the environment,
+the CPU's bf16 capability, and `make execute`'s checks."""
 import os
 import subprocess
 import sys
@@ -114,6 +116,7 @@ def _degenerate_files(data, tmp_path):
     return files
 
 
+@pytest.mark.slow
 def test_bad_or_degenerate_input_ends_in_one_line_before_any_work(data, checkpoint, tmp_path):
     """Each row: a command on degenerate, foreign or contradictory input must end in one line on
     stderr naming the problem, with a non-zero status (no traceback, no numpy warning, no nan)."""

@@ -1,4 +1,4 @@
-"""Training recipes beyond the paper's (issue 11): the Gaussian skip of a score model, log-normal
+"""Training recipes beyond the paper's: the Gaussian skip of a score model, log-normal
 noise levels in the loss, and the Gaussian field fitted to an ensemble (the baseline a network
 must beat). Each is checked against an exact answer."""
 import math

@@ -1,4 +1,4 @@
-"""The diffusion-model workflow on lattice ensembles (issue 4): ordered HMC starts, several
+"""lib.diffusion.models and lib.diffusion.derived on lattice ensembles: ordered HMC starts, several
 configurations per chain, cached training and generation, Z2 augmentation, the RG view of the
 forward process. CI scale: L = 8, a few epochs."""
 import os
@@ -259,6 +259,7 @@ def test_generation_on_cuda(broken_ensemble):
     assert x.shape == (4, 8, 8) and x.device.type == "cpu" and x.dtype == torch.float64
 
 
+@pytest.mark.slow
 def test_z2_augmentation_makes_the_magnetisation_symmetric(tmp_path):
     """Train on configurations of one vacuum only (M > 0). Without augmentation the DM generates
     that vacuum; with Z2 augmentation it generates both, each with probability ½ (binomial error)."""

@@ -1,4 +1,4 @@
-"""Few-step samplers (issue 11): each sampler's error falls with the number of steps at its stated
+"""Few-step samplers: each sampler's error falls with the number of steps at its stated
 order on exact targets — a Gaussian and the free field, whose diffused scores are known in closed
 form — and the stochastic ones sample the right distribution."""
 import math

@@ -186,6 +186,7 @@ def test_cli_dmmc_refuses_bad_input_in_one_line(tiny_model, tmp_path):
 
 
 # ---------------------------------------------------------------- the hybrid HMC/DM chain
+@pytest.mark.slow
 def test_hybrid_chain_is_exact_with_a_wrong_score_when_hmc_barely_moves():
     """Free field (L = 8, κ = 0.2, λ = 0) with a deliberately wrong score (0.95 × the exact one) and
     isotropic kernels of 6 steps: the proposals alone miss χ₂ by many standard errors. With HMC

@@ -1,4 +1,4 @@
-"""The pipeline's contracts (issue 9): one frozen settings object per stage that is also its cache
+"""The pipeline's contracts: one frozen settings object per stage that is also its cache
 key, per-sample random streams (a result never depends on the batch size, two seeds never share
 a sample), the sampler registry, and the refusal of files from before the redesign."""
 import dataclasses
