@@ -4,6 +4,7 @@ Commands
 --------
 hmc          generate an ensemble with the paper's HMC protocol and write it to an .npz file
 ensemble     the same with --algorithm hmc | fa-hmc | cluster | metropolis (defaults per algorithm)
+merge        merge the shards (--shard K/N of hmc, ensemble, sample) of one request into one ensemble
 observables  print ⟨M⟩, ⟨|M|⟩, χ₂, U_L (jackknife errors) of an ensemble file
 train        train a diffusion model (score network) on an ensemble; writes a checkpoint
 sample       generate an ensemble from a checkpoint (same file format as HMC ensembles)
@@ -206,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fast", action="store_true",
                    help="the fastest settings measured at the accuracy of 500-step em, for this device: dpm2 "
                         "with 48 levels, bf16 on CPUs with native bf16 (lib.diffusion.fast_settings)")
+    g.add_argument("--shard", default=None, metavar="K/N",
+                   help="generate only the K-th of N contiguous ranges of the --n configurations")
     g.add_argument("--batch-size", type=_positive_int, default=1024)
     g.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
     g.add_argument("--device", default="auto")
@@ -230,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto")
     c.add_argument("--force", action="store_true")
     c.add_argument("--no-progress", action="store_true")
+    mg = sub.add_parser("merge", help="merge the shards of one hmc, ensemble or sample request into one ensemble")
+    mg.add_argument("out", type=Path, help="the merged ensemble (.npz)")
+    mg.add_argument("shards", type=Path, nargs="+", help="the shards' files, in any order")
+    mg.add_argument("--force", action="store_true", help="overwrite an existing output file")
     m = sub.add_parser("paper-model", help="train and ship one of the paper-scale models of models/manifest.json")
     m.add_argument("name", nargs="?", help="the model (see --list)")
     m.add_argument("--list", action="store_true", help="name the paper-scale models and the chapters that use them")
@@ -265,6 +272,9 @@ def _ensemble_arguments(h, command: str) -> None:
     h.add_argument("--checkpoint-dir", type=Path, default=None, help="save sampler state here; rerun to resume")
     h.add_argument("--fused", action="store_true",
                    help="compiled leapfrog (torch.compile): same trajectories to round-off, faster in float64")
+    h.add_argument("--shard", default=None, metavar="K/N",
+                   help="make only the K-th of N contiguous ranges of chains (merge the N files with "
+                        "python -m lib merge)")
     h.add_argument("--force", action="store_true", help="overwrite an existing output file")
     h.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -483,10 +493,17 @@ def cmd_sample(a) -> int:
     trained_shape = tuple(meta_ck.get("lattice_shape", ()))
     shape = check_lattice(model, meta_ck, (a.L,) * len(trained_shape) if a.L else None)
     _check_memory(a.n, shape)
+    first, count, shard = 0, a.n, None
+    if a.shard is not None:
+        from .storage.shards import parse_shard, shard_metadata, shard_range
+
+        k, n_shards = parse_shard(a.shard)
+        first, stop = shard_range(a.n, k, n_shards)
+        count, shard = stop - first, shard_metadata(k, n_shards, first, stop, a.n, "configurations")
     done = []
     try:
-        configs, _ = generate(model, a.n, seed, settings, lattice_shape=shape, normaliser=meta_ck.get("normaliser"),
-                              batch_size=a.batch_size, device=device, progress_bar=not a.no_progress,
+        configs, _ = generate(model, count, seed, settings, lattice_shape=shape, normaliser=meta_ck.get("normaliser"),
+                              batch_size=a.batch_size, device=device, progress_bar=not a.no_progress, first=first,
                               on_batch=lambda start, x: done.append(x))
     except SamplerFailed as exc:
         kept = ""
@@ -504,12 +521,15 @@ def cmd_sample(a) -> int:
         theory["L"] = a.L
     bad = int((~np.isfinite(configs.numpy().reshape(len(configs), -1))).any(axis=1).sum())
     if bad:
-        raise CLIError(f"{bad} of {a.n} generated configurations are NaN or inf (the model is broken?); nothing written")
+        raise CLIError(f"{bad} of {count} generated configurations are NaN or inf (the model is broken?); nothing written")
     meta = make_metadata(theory, "dm", settings, seed, device=str(device), checkpoint=str(a.checkpoint),
                          epochs=state["epoch"], model=state["model_config"],
                          trained_on=meta_ck.get("training_ensemble"))
+    if shard is not None:
+        meta["shard"] = shard
     save_ensemble(a.out, configs, meta, overwrite=a.force)
-    print(f"wrote {a.n} configurations to {a.out}", file=sys.stderr)
+    print(f"wrote {count} configurations to {a.out}" + (f" (shard {a.shard} of {a.n})" if shard else ""),
+          file=sys.stderr)
     return 0
 
 
@@ -572,17 +592,43 @@ def cmd_hmc(a) -> int:
     _check_checkpoint_dir(a.checkpoint_dir)
     theory = Phi4(L=a.L, kappa=a.kappa, lam=a.lam, d=a.d)
     device = _device(a.device)
+    shard, chains = None, None
+    if a.shard is not None:
+        from .storage.shards import parse_shard, shard_metadata, shard_range
+
+        k, n = parse_shard(a.shard)
+        n_chains = a.n_configs // settings.n_per_chain
+        chains = shard_range(n_chains, k, n)
+        shard = shard_metadata(k, n, *chains, n_chains, "chains")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         configs, info = hmc_ensemble(theory, a.n_configs, seed, settings, batch_size=a.batch_size, device=device,
-                                     progress_bar=not a.no_progress, checkpoint_dir=a.checkpoint_dir, fused=a.fused)
+                                     progress_bar=not a.no_progress, checkpoint_dir=a.checkpoint_dir, fused=a.fused,
+                                     chains=chains)
     for w in caught:  # lib's own warnings (acceptance, compile fallback); not third-party deprecations
         if issubclass(w.category, RuntimeWarning):
             print(f"warning: {w.message}", file=sys.stderr)
     meta = make_metadata(theory, settings.algorithm, settings, seed, n_configs=a.n_configs,
                          acceptance=info["acceptance"], device=str(device))
+    if shard is not None:
+        meta.update(shard=shard, n_accepted=info["n_accepted"])
     save_ensemble(a.out, configs, meta, overwrite=a.force)
-    print(f"wrote {a.n_configs} configurations to {a.out} (acceptance {info['acceptance']:.3f})", file=sys.stderr)
+    print(f"wrote {len(configs)} configurations to {a.out}" + (f" (shard {a.shard} of {a.n_configs})" if shard else "")
+          + f" (acceptance {info['acceptance']:.3f})", file=sys.stderr)
+    return 0
+
+
+def cmd_merge(a) -> int:
+    from .storage.ensembles import load_ensemble, save_ensemble
+    from .storage.shards import merge
+
+    _check_out(a.out, ".npz", a.force)
+    ensembles = [load_ensemble(p) for p in a.shards]
+    per = ensembles[0].metadata.get("settings", {}).get("n_per_chain", 1) if ensembles[0].metadata.get(
+        "shard", {}).get("unit") == "chains" else 1
+    configs, meta = merge(ensembles, per_configs=per)
+    save_ensemble(a.out, configs, meta, overwrite=a.force)
+    print(f"merged {len(ensembles)} shards into {a.out} ({len(configs)} configurations)", file=sys.stderr)
     return 0
 
 
@@ -744,7 +790,7 @@ def cmd_paper_model(a) -> int:
     return 0
 
 
-COMMANDS = {"hmc": cmd_hmc, "ensemble": cmd_hmc, "observables": cmd_observables, "train": cmd_train, "sample": cmd_sample,
+COMMANDS = {"hmc": cmd_hmc, "ensemble": cmd_hmc, "merge": cmd_merge, "observables": cmd_observables, "train": cmd_train, "sample": cmd_sample,
             "dmmc": cmd_dmmc, "paper-model": cmd_paper_model}
 
 

@@ -303,7 +303,7 @@ def _check_size(n_configs, settings: HMCSettings, theory, batch_size, device) ->
 
 def hmc_ensemble(theory, n_configs: int, seed: int, settings: HMCSettings | None = None, *,
                  batch_size: int | None = None, device=None, progress_bar: bool = True, checkpoint_dir=None,
-                 fused: bool = False, **overrides):
+                 fused: bool = False, chains: tuple[int, int] | None = None, **overrides):
     """Independent HMC chains, each thermalised for ``n_burnin`` trajectories and then sampled
     ``n_per_chain`` times, ``n_spacing`` trajectories apart (:class:`HMCSettings`; keyword
     arguments override single settings, e.g. ``eps=0.1``). With the defaults this is the paper's
@@ -319,19 +319,25 @@ def hmc_ensemble(theory, n_configs: int, seed: int, settings: HMCSettings | None
     settings, theory or seed is refused in one line. ``fused`` runs the compiled leapfrog (results
     agree with the eager one to round-off, as across devices).
 
-    Returns ``(configs, info)`` with configs of shape ``(n_configs, *lattice)`` on the CPU and
-    ``info`` holding the settings and the acceptance rate.
+    ``chains = (start, stop)`` makes only chains start … stop − 1 of the ``n_configs / n_per_chain``
+    (a shard, :mod:`lib.storage.shards`): exactly those configurations of the whole ensemble.
+
+    Returns ``(configs, info)`` with configs of shape ``(n_configs, *lattice)`` on the CPU (or the
+    shard's) and ``info`` holding the settings, the acceptance rate and the accepted updates.
     """
     settings = HMCSettings.build(settings, **overrides)
     seed = check_seed(seed)
     device = resolve_device(device)
     n_chains = _check_size(n_configs, settings, theory, batch_size, device)
+    lo, hi = (0, n_chains) if chains is None else (int(chains[0]), int(chains[1]))
+    if not 0 <= lo < hi <= n_chains:
+        raise ValueError(f"chains {chains} do not lie in 0 … {n_chains}")
     batch_size = min(batch_size or n_chains, n_chains)
     configs, accepted = [], 0.0
-    firsts = list(range(0, n_chains, batch_size))
+    firsts = list(range(lo, hi, batch_size))
     marks = [settings.n_burnin + settings.n_spacing * (k + 1) for k in range(settings.n_per_chain)]
     for b, first in enumerate(firsts):
-        nb = min(batch_size, n_chains - first)
+        nb = min(batch_size, hi - first)
         ckpt = None
         if checkpoint_dir is not None:
             os.makedirs(checkpoint_dir, exist_ok=True)
@@ -360,9 +366,9 @@ def hmc_ensemble(theory, n_configs: int, seed: int, settings: HMCSettings | None
             accepted += sampler.acceptance_rate * nb * settings.n_trajectories
         else:  # accepted trajectories, summed as integers (the HMC acceptance is part of the ensemble's identity)
             accepted += sampler.n_accepted.sum().item() / (settings.n_hmc if settings.algorithm == "cluster" else 1)
-    acceptance = accepted / (n_chains * settings.n_trajectories)
+    acceptance = accepted / ((hi - lo) * settings.n_trajectories)
     info = {"sampler": settings.algorithm, "protocol": "independent-chains", "settings": settings.to_dict(),
-            "seed": seed, "acceptance": acceptance, "batch_size": batch_size}
+            "seed": seed, "acceptance": acceptance, "n_accepted": accepted, "batch_size": batch_size}
     warn_if_frozen(acceptance, f"{name} at {theory.to_dict()}")
     return torch.cat(configs), info
 
