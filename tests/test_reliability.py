@@ -243,3 +243,16 @@ def test_an_ensemble_whose_numbers_changed_is_refused_and_a_cached_one_made_agai
     with pytest.warns(RuntimeWarning, match="damaged"):
         again = lib.cached_hmc_ensemble(th, 8, seed=1, **kw)
     assert np.array_equal(again.configs, ens.configs) and list(tmp_path.glob("*.damaged"))
+
+
+@pytest.mark.parametrize("cls, field, value", [
+    ("SampleSettings", "rho", 1e-3), ("SampleSettings", "snr", 1e3), ("SampleSettings", "rtol", 2.0),
+    ("SampleSettings", "s_noise", 1e3), ("PathSettings", "rho", 1e-3), ("LikelihoodSettings", "atol", 5.0),
+    ("DMMCSettings", "rtol", 10.0)])
+def test_float_settings_out_of_their_range_are_refused_in_one_line(cls, field, value):
+    """Not only the sign: a value that would overflow or make the computation meaningless is refused
+    where the settings are built (before any work), naming the setting and its range."""
+    settings = getattr(lib.diffusion, cls)
+    with pytest.raises(ValueError, match=f"{field} must lie between") as exc:
+        settings(**{field: value})
+    assert "\n" not in str(exc.value)

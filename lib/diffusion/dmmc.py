@@ -30,7 +30,7 @@ import torch
 from ..mcmc.independence import IndependenceChain, independence_chain
 from ..rng import check_seed, stream_seed
 from ..runtime import resolve_device
-from ..settings import Settings, choice, positive_float, positive_int, setting
+from ..settings import Settings, bounded_float, choice, positive_int, setting
 
 CHAIN_DOMAIN = "dm-mc"
 PROPOSAL_DOMAIN = "dm-mc-proposals"  # the paper variant's EM proposals: never the draws of `sample` with the same seed
@@ -64,7 +64,7 @@ class DMMCSettings(Settings):
             raise ValueError(f"n_steps must be >= 2, got {self.n_steps}")
         choice("variance", self.variance, ("propagator", "isotropic"))
         positive_int("n_probes", self.n_probes)
-        self._set("rtol", positive_float("rtol", self.rtol))
+        self._set("rtol", bounded_float("rtol", self.rtol, 1e-14, 1.0, "a relative tolerance"))
 
     @property
     def exact(self) -> bool:

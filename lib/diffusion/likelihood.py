@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..settings import Settings, choice, positive_float, positive_int
+from ..settings import bounded_float, Settings, choice, positive_float, positive_int
 from .samplers import _first_step
 
 
@@ -29,8 +29,8 @@ class LikelihoodSettings(Settings):
         choice("trace", self.trace, ("hutchinson", "exact"))
         positive_int("n_probes", self.n_probes)
         choice("probe", self.probe, ("gaussian", "rademacher"))
-        self._set("rtol", positive_float("rtol", self.rtol))
-        self._set("atol", positive_float("atol", self.atol))
+        self._set("rtol", bounded_float("rtol", self.rtol, 1e-14, 1.0, "a relative tolerance"))
+        self._set("atol", bounded_float("atol", self.atol, 1e-14, 1.0, "an absolute tolerance"))
         choice("method", self.method, ("dopri5", "dopri8", "bosh3", "adaptive_heun", "rk4", "midpoint", "euler"))
         eps = positive_float("eps", self.eps)
         if eps >= 1:

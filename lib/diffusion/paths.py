@@ -35,7 +35,7 @@ import torch
 
 from ..rng import normal
 from ..runtime import progress
-from ..settings import Settings, choice, positive_float, positive_int, setting
+from ..settings import bounded_float, Settings, choice, positive_float, positive_int, setting
 from .samplers import noise_levels
 from .sde import VPSDE
 
@@ -62,7 +62,8 @@ class PathSettings(Settings):
         if eps >= 1:
             raise ValueError(f"eps (the smallest positive diffusion time) must lie in (0, 1), got {self.eps!r}")
         self._set("eps", eps)
-        self._set("rho", positive_float("rho", self.rho))
+        self._set("rho", bounded_float("rho", self.rho, 1.0, 100.0,
+                                       "the exponent of the noise-level grid; Karras et al. use 7"))
         choice("variance", self.variance, ("propagator", "isotropic"))
         self._set("ema", bool(self.ema))
 

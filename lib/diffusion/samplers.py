@@ -78,10 +78,11 @@ class SampleSettings(Settings):
             raise ValueError(f"eps (the last diffusion time) must lie in (0, 1), got {self.eps!r}")
         self._set("eps", eps)
         self._set("ema", bool(self.ema))
-        self._set("snr", positive_float("snr", self.snr))
+        self._set("snr", bounded_float("snr", self.snr, 1e-6, 10.0, "the corrector's signal-to-noise ratio; Song et "
+                                                                     "al. use 0.16"))
         positive_int("n_corrector", self.n_corrector)
-        self._set("rtol", positive_float("rtol", self.rtol))
-        self._set("atol", positive_float("atol", self.atol))
+        self._set("rtol", bounded_float("rtol", self.rtol, 1e-14, 1.0, "a relative tolerance"))
+        self._set("atol", bounded_float("atol", self.atol, 1e-14, 1.0, "an absolute tolerance in the network's units"))
         self._set("rho", bounded_float("rho", self.rho, 1.0, 100.0,
                                        "the exponent of the noise-level grid; Karras et al. use 7"))
         churn = float(self.churn)
@@ -90,7 +91,7 @@ class SampleSettings(Settings):
         if self.sampler == "churn" and churn == 0:
             raise ValueError("the churn sampler needs churn > 0 (EDM's S_churn, e.g. 10)")
         self._set("churn", churn)
-        self._set("s_noise", positive_float("s_noise", self.s_noise))
+        self._set("s_noise", bounded_float("s_noise", self.s_noise, 1e-6, 10.0, "EDM's S_noise, about 1"))
         if self.sigma_max is not None:
             self._set("sigma_max", positive_float("sigma_max", self.sigma_max))
 
