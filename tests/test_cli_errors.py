@@ -199,12 +199,18 @@ def _valid(shared):
 
 def bad_npz(configs=None, meta=None, **meta_changes):
     """A setup that writes ``bad.npz``: the valid ensemble with its configurations and/or metadata
-    replaced (``meta_changes`` update single metadata keys)."""
+    replaced (``meta_changes`` update single metadata keys). Replaced configurations get their own
+    checksum, so that the refusal tested is the one the case is about (an edited file whose checksum
+    no longer matches is tested in tests/test_reliability.py)."""
     def setup(work, shared):
         c0, m0 = _valid(shared)
         c = c0 if configs is None else (configs(c0) if callable(configs) else configs)
         m = dict(m0) if meta is None else meta
         if meta is None:
+            if configs is not None and "configs_sha256" in m:  # new numbers, written as such (not an edit)
+                from lib.storage.files import array_hash
+
+                m["configs_sha256"] = array_hash(np.asarray(c))
             m.update(meta_changes)
         blob = m if isinstance(m, np.ndarray) else np.array(json.dumps(m))
         np.savez(work / "bad.npz", configs=c, metadata=blob)
