@@ -210,7 +210,11 @@ def bad_npz(configs=None, meta=None, **meta_changes):
             if configs is not None and "configs_sha256" in m:  # new numbers, written as such (not an edit)
                 from lib.storage.files import array_hash
 
-                m["configs_sha256"] = array_hash(np.asarray(c))
+                a = np.asarray(c)
+                if a.dtype.kind in "biuf":  # a checksum of real numbers; other dtypes are refused first
+                    m["configs_sha256"] = array_hash(a)
+                else:
+                    del m["configs_sha256"]
             m.update(meta_changes)
         blob = m if isinstance(m, np.ndarray) else np.array(json.dumps(m))
         np.savez(work / "bad.npz", configs=c, metadata=blob)
