@@ -26,11 +26,11 @@ from .analysis import fokker_planck, observables, stats
 from .diffusion import SampleSettings, TrainSettings, VESDE, VPSDE
 from .mcmc import (HMC, HMCSettings, Langevin, Metropolis, cached_hmc_ensemble, hamiltonian, hmc_chain,
                    hmc_ensemble, langevin, langevin_moments, langevin_step, leapfrog)
-from .study import PAPER_STUDIES, Phi4Study
+from .study import PAPER_STUDIES, Phi4Study, paper_study
 from .theories import GaussianMixture, Phi4, Theory, ToyModel
 
 __all__ = ["analysis", "diffusion", "display", "mcmc", "rng", "runtime", "settings", "storage", "study", "theories",
            "fokker_planck", "observables", "stats", "SampleSettings", "TrainSettings", "VESDE", "VPSDE", "HMC",
            "HMCSettings", "Langevin", "Metropolis", "cached_hmc_ensemble", "hamiltonian", "hmc_chain", "hmc_ensemble",
            "langevin", "langevin_moments", "langevin_step", "leapfrog", "GaussianMixture", "Phi4", "Theory", "ToyModel",
-           "Phi4Study", "PAPER_STUDIES", "__version__"]
+           "Phi4Study", "PAPER_STUDIES", "paper_study", "__version__"]

@@ -74,6 +74,19 @@ def scale_report(run: dict, paper: dict, what: str = "the paper's", header: str 
     return False
 
 
+#: Upper-case names of a chapter that are not parameters of its result: the set-up's, and those that
+#: change only speed (the device, threads; batch sizes, ``*_BATCH``).
+NOT_SCALE = ("T_START", "REPO_URL", "ROOT", "DEVICE", "TORCH_THREADS")
+
+
+def chapter_defaults(namespace: dict) -> dict:
+    """The parameters a chapter's ``parameters`` cell sets, read at the end of that cell (before
+    papermill's injected cell overrides them), for :func:`scale_report` to compare a run against:
+    every upper-case name of ``namespace`` except :data:`NOT_SCALE` and the ``*_BATCH`` sizes."""
+    return {k: v for k, v in dict(namespace).items()
+            if k.isupper() and not k.endswith("_BATCH") and k not in NOT_SCALE}
+
+
 GLUE_PREFIX = "application/papermill.record/"
 
 

@@ -251,6 +251,14 @@ def test_setup_cell_is_short_and_hidden(md):
 
 
 @chapter
+def test_no_code_cell_is_longer_than_80_lines(md):
+    """Chapters narrate: a code cell of more than 80 non-blank lines belongs in lib or in two cells."""
+    long = [(i, n) for i, c in enumerate(_code_cells(jupytext.read(md)))
+            if (n := sum(1 for line in c.source.splitlines() if line.strip())) > 80]
+    assert not long, f"{md.name}: code cells (index, non-blank lines) longer than 80 lines: {long}"
+
+
+@chapter
 def test_ci_parameters_are_declared(md):
     stem = md.stem
     assert stem in CI_PARAMETERS, (f"no CI parameters for chapter {stem!r}: add an entry "

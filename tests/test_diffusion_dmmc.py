@@ -124,6 +124,17 @@ def test_chain_summary_and_theory_from_the_checkpoint(tiny_model, tmp_path):
     action = th.action(torch.as_tensor(paper.proposals.configs)).numpy()
     np.testing.assert_allclose(paper.chain.log_weight, -action - lq, rtol=0, atol=1e-9)
     assert not paper.summary["exact"] and paper.summary["nfe_per_proposal"] > 5
+    # the proposals alone (lib.diffusion.dm_mc_proposals, from the cache): the chain's weights, S and log q
+    from lib.diffusion import dm_mc_proposals
+
+    quiet = dict(cache_dir=tmp_path, progress_bar=False, verbose=False)
+    props = dm_mc_proposals(ckpt, 8, 1, variant="paper", n_steps=5, n_probes=1, rtol=1e-3, **quiet)
+    np.testing.assert_array_equal(props.log_weight, paper.chain.log_weight)
+    np.testing.assert_allclose(props.log_q, lq, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(props.action, action, rtol=1e-12)
+    paths = dm_mc_proposals(ckpt, 32, 1, n_steps=4, **quiet)
+    np.testing.assert_array_equal(paths.log_weight, res.chain.log_weight)
+    assert paths.log_q is None and paths.nfe == 4 and paths.configs.shape == (32, 8, 8)
     with pytest.raises(ValueError, match="at least 2"):
         dm_mc_chain(ckpt, 1, 1, cache_dir=tmp_path, progress_bar=False, verbose=False)
     with pytest.raises(ValueError, match="variant"):

@@ -14,14 +14,14 @@ from .samplers import (SAMPLERS, SampleResult, SampleSettings, SamplerFailed, eu
 from .sde import VESDE, VPSDE, make_sde, sde_from_dict
 from .training import EMA, HeldOutLoss, Normaliser, Trainer, TrainSettings, held_out_loss, load_checkpoint, load_model
 from .paths import PathSettings, path_sample
-from .dmmc import DMMCResult, DMMCSettings, dm_mc_chain, theory_of_checkpoint
+from .dmmc import DMMCProposals, DMMCResult, DMMCSettings, dm_mc_chain, dm_mc_proposals, theory_of_checkpoint
 from .models import (cached_score_model, check_lattice, default_model, score_model_request, site_variance,
                      train_score_model, zero_mode_scale)
 from .generation import data_spectrum, dm_path_proposals, effective_action, generate, model_log_likelihood, tweedie_denoise
 from .derived import (cached_derivation, cached_dm_ensemble, cached_dm_path_proposals, cached_log_likelihood,
                       model_identity, weights_hash)
 
-__all__ = ["dmmc", "DMMCResult", "DMMCSettings", "dm_mc_chain", "theory_of_checkpoint",
+__all__ = ["dmmc", "DMMCProposals", "DMMCResult", "DMMCSettings", "dm_mc_chain", "dm_mc_proposals", "theory_of_checkpoint",
            "likelihood", "loss", "networks", "paths", "samplers", "sde", "shipped", "training", "models", "generation", "derived", "cached_derivation", "model_identity", "weights_hash", "LikelihoodResult",
            "LikelihoodSettings", "ODESample", "ode_sample_with_density", "PathSettings", "path_sample",
            "cached_dm_path_proposals", "data_spectrum", "dm_path_proposals", "log_likelihood",

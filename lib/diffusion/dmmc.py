@@ -140,35 +140,53 @@ def model_spectrum(checkpoint, seed: int, n: int = 256, *, theory=None, batch_si
     return data_spectrum(ens.configs, state["metadata"].get("normaliser"))
 
 
-def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = None, *, theory=None, spectrum=None,
-                batch_size: int = 256, likelihood_batch: int = 64, device=None, cache_dir=None,
-                progress_bar: bool = True, verbose: bool = True, **overrides) -> DMMCResult:
-    r"""Run a DM-MC chain of ``n`` proposals from the model in ``checkpoint`` (eq. 4.9).
+@dataclass
+class DMMCProposals:
+    """The proposals of a DM-MC chain with their weights (eq. 4.9): ``proposals`` (an
+    :class:`lib.storage.Ensemble`), ``log_weight`` w = log p − log q up to a constant (paths: the
+    exact path-space weight; paper: −S − log q with the ODE's Hutchinson log q), ``action`` S of
+    each proposal, ``log_q`` (the paper variant's, else None) and ``nfe`` (network evaluations per
+    proposal)."""
 
-    ``theory`` defaults to the checkpoint's training theory; ``spectrum`` (paths only; the data's
-    power spectrum in network units, :func:`data_spectrum`) defaults to that of the model's own
-    samples (:func:`model_spectrum`). Proposals and their weights are cached under a key made of
-    the model's request, the settings, the spectrum's hash, n and the seed; finished batches are
-    kept, so an interrupted run resumes and gives the same chain.
+    proposals: object
+    log_weight: np.ndarray
+    action: np.ndarray
+    log_q: np.ndarray | None
+    nfe: float
+
+    @property
+    def configs(self) -> np.ndarray:
+        return np.asarray(self.proposals.configs)
+
+
+def dm_mc_proposals(checkpoint, n: int, seed: int, settings: DMMCSettings | None = None, *, theory=None,
+                    spectrum=None, batch_size: int = 256, likelihood_batch: int = 64, device=None, cache_dir=None,
+                    progress_bar: bool = True, verbose: bool = True, **overrides) -> DMMCProposals:
+    r"""``n`` proposals from the model in ``checkpoint`` with their log weights
+    w = log p(x) − log q(x) = −S(x) − log q(x) (eq. 4.9, up to the constant log Z), cached.
+
+    ``settings.variant`` ``"paths"``: reverse paths with path-space weights (exact; ``spectrum`` is
+    the data's power spectrum in network units, :func:`data_spectrum`, or the model's own samples',
+    :func:`model_spectrum`, when None). ``"paper"``: Euler–Maruyama proposals weighed with the
+    probability-flow ODE's log q and Hutchinson probes (the paper's recipe; the noisy log q biases
+    the chain). ``theory`` defaults to the checkpoint's training theory. Proposals and weights are
+    cached under a key of the model's request, the settings, the spectrum's hash, n and the seed.
     """
-    from ..analysis.observables import abs_magnetisation
-    from ..analysis.stats import autocorrelation
-    from .likelihood import LikelihoodSettings
     from .derived import cached_dm_ensemble, cached_dm_path_proposals, cached_log_likelihood
+    from .likelihood import LikelihoodSettings
     from .models import check_lattice
     from .training import load_model
 
     settings = DMMCSettings.build(settings, **overrides)
     seed = check_seed(seed)
     positive_int("n", n)
-    if n < 2:
-        raise ValueError(f"a chain needs at least 2 proposals, got n = {n}")
     device = resolve_device(device)
     model, state = load_model(checkpoint, device=device)
     if theory is None:
         theory = theory_of_checkpoint(state)
     shape = check_lattice(model, state["metadata"], tuple(theory.lattice_shape))
     del model
+    log_q = None
     if settings.variant == "paths":
         from .paths import PathSettings
 
@@ -180,7 +198,8 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
                                          theory=theory, spectrum=spectrum, batch_size=batch_size, device=device,
                                          cache_dir=cache_dir, progress_bar=progress_bar, verbose=verbose)
         log_w = np.asarray(props.metadata["log_weight"], dtype=np.float64)
-        nfe = settings.n_steps
+        action = theory.action(torch.as_tensor(props.configs, dtype=torch.float64)).numpy()
+        nfe = float(settings.n_steps)
     else:
         props = cached_dm_ensemble(checkpoint, n, seed, n_steps=settings.n_steps, lattice_shape=shape,
                                    domain=PROPOSAL_DOMAIN,
@@ -190,8 +209,37 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
         lq = cached_log_likelihood(checkpoint, props.configs, seed, lik, batch_size=likelihood_batch, device=device,
                                    cache_dir=cache_dir, progress_bar=progress_bar, verbose=verbose)
         action = theory.action(torch.as_tensor(props.configs, dtype=torch.float64)).numpy()
-        log_w = -action - lq[:, 0]
+        log_q = lq[:, 0]
+        log_w = -action - log_q
         nfe = settings.n_steps + float(np.mean(lq[:, 1]))
+    return DMMCProposals(props, log_w, action, log_q, nfe)
+
+
+def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = None, *, theory=None, spectrum=None,
+                batch_size: int = 256, likelihood_batch: int = 64, device=None, cache_dir=None,
+                progress_bar: bool = True, verbose: bool = True, **overrides) -> DMMCResult:
+    r"""Run a DM-MC chain of ``n`` proposals from the model in ``checkpoint`` (eq. 4.9): the
+    proposals of :func:`dm_mc_proposals` through an independence chain (:func:`lib.mcmc.independence_chain`)
+    whose uniforms come from (seed, "dm-mc").
+
+    ``theory`` defaults to the checkpoint's training theory; ``spectrum`` (paths only; the data's
+    power spectrum in network units, :func:`data_spectrum`) defaults to that of the model's own
+    samples (:func:`model_spectrum`). Proposals and their weights are cached under a key made of
+    the model's request, the settings, the spectrum's hash, n and the seed; finished batches are
+    kept, so an interrupted run resumes and gives the same chain.
+    """
+    from ..analysis.observables import abs_magnetisation
+    from ..analysis.stats import autocorrelation
+
+    settings = DMMCSettings.build(settings, **overrides)
+    seed = check_seed(seed)
+    positive_int("n", n)
+    if n < 2:
+        raise ValueError(f"a chain needs at least 2 proposals, got n = {n}")
+    got = dm_mc_proposals(checkpoint, n, seed, settings, theory=theory, spectrum=spectrum, batch_size=batch_size,
+                          likelihood_batch=likelihood_batch, device=device, cache_dir=cache_dir,
+                          progress_bar=progress_bar, verbose=verbose)
+    props, log_w, nfe = got.proposals, got.log_weight, got.nfe
     chain = independence_chain(log_w, chain_seed(seed))
     configs = np.asarray(props.configs)[chain.index]
     summary = {"variant": settings.variant, "exact": settings.exact, "n_proposals": int(n),
