@@ -3,9 +3,10 @@
 The layout follows the paper's pipeline::
 
     theories/    what is sampled: the 0D toy model (eq. 3.19), lattice φ⁴ (eqs. 4.2–4.4, the free
-                 field at λ = 0), Gaussian mixtures with exact scores; the Theory protocol
+                 field at λ = 0), Gaussian mixtures with exact scores, 2D U(1) gauge theory with
+                 its exact solution on a torus; the Theory protocol
     mcmc/        Markov chains on e^{−S}: the batched chain base, Langevin (eq. 2.15), HMC with
-                 the paper's ensemble protocol (HMCSettings), local Metropolis, independence
+                 the paper's ensemble protocol (HMCSettings), local Metropolis, MALA, independence
                  Metropolis with global proposals (DM-MC, eq. 4.9)
     diffusion/   diffusion models: SDEs (eq. 3.6), score networks (App. A), the DSM loss (eq. 3.4),
                  training (TrainSettings), samplers in a registry (SampleSettings; eqs. 3.9, 3.14),
@@ -24,13 +25,14 @@ __version__ = "0.2.0"
 from . import analysis, diffusion, display, mcmc, rng, runtime, settings, storage, study, theories
 from .analysis import fokker_planck, observables, stats
 from .diffusion import SampleSettings, TrainSettings, VESDE, VPSDE
-from .mcmc import (HMC, HMCSettings, Langevin, Metropolis, cached_hmc_ensemble, hamiltonian, hmc_chain,
+from .mcmc import (HMC, MALA, HMCSettings, Langevin, Metropolis, cached_hmc_ensemble, hamiltonian, hmc_chain,
                    hmc_ensemble, langevin, langevin_moments, langevin_step, leapfrog)
 from .study import PAPER_STUDIES, Phi4Study, paper_study
-from .theories import GaussianMixture, Phi4, Theory, ToyModel
+from .theories import GaussianMixture, Phi4, Theory, ToyModel, U1Gauge
 
 __all__ = ["analysis", "diffusion", "display", "mcmc", "rng", "runtime", "settings", "storage", "study", "theories",
            "fokker_planck", "observables", "stats", "SampleSettings", "TrainSettings", "VESDE", "VPSDE", "HMC",
            "HMCSettings", "Langevin", "Metropolis", "cached_hmc_ensemble", "hamiltonian", "hmc_chain", "hmc_ensemble",
            "langevin", "langevin_moments", "langevin_step", "leapfrog", "GaussianMixture", "Phi4", "Theory", "ToyModel",
+           "U1Gauge", "MALA",
            "Phi4Study", "PAPER_STUDIES", "paper_study", "__version__"]

@@ -1,11 +1,12 @@
 """Diffusion models (paper Sec. 3): forward SDEs (:mod:`.sde`), score networks (:mod:`.networks`),
 the denoising score-matching loss (:mod:`.loss`), training and checkpoints (:mod:`.training`), samplers
 in a registry (:mod:`.samplers`), the likelihood by the probability-flow ODE (:mod:`.likelihood`),
-proposals with exact path-space weights for DM-MC (:mod:`.paths`), DM-MC chains (:mod:`.dmmc`);
+proposals with exact path-space weights for DM-MC (:mod:`.paths`), DM-MC chains (:mod:`.dmmc`),
+diffusion on the torus of U(1) links with a gauge-invariant score network (:mod:`.gauge`);
 the default models and their cached training (:mod:`.models`), what a trained model computes
 (:mod:`.generation`), the same through the cache (:mod:`.derived`), and the trained models that
 ship with the book (:mod:`.shipped`)."""
-from . import derived, dmmc, generation, likelihood, loss, models, networks, paths, samplers, sde, shipped, training
+from . import derived, dmmc, gauge, generation, likelihood, loss, models, networks, paths, samplers, sde, shipped, training
 from .likelihood import LikelihoodResult, LikelihoodSettings, ODESample, log_likelihood, ode_sample_with_density
 from .loss import dsm_loss
 from .networks import LatticeUNet, MLPScore, build_score_model
@@ -14,6 +15,7 @@ from .samplers import (SAMPLERS, SampleResult, SampleSettings, SamplerFailed, eu
 from .sde import VESDE, VPSDE, make_sde, sde_from_dict
 from .training import EMA, HeldOutLoss, Normaliser, Trainer, TrainSettings, held_out_loss, load_checkpoint, load_model
 from .paths import PathSettings, path_sample
+from .gauge import PlaquetteScoreNet, TorusVESDE
 from .dmmc import DMMCProposals, DMMCResult, DMMCSettings, dm_mc_chain, dm_mc_proposals, theory_of_checkpoint
 from .models import (cached_score_model, check_lattice, default_model, score_model_request, site_variance,
                      train_score_model, zero_mode_scale)
@@ -21,7 +23,7 @@ from .generation import data_spectrum, dm_path_proposals, effective_action, gene
 from .derived import (cached_derivation, cached_dm_ensemble, cached_dm_path_proposals, cached_log_likelihood,
                       model_identity, weights_hash)
 
-__all__ = ["dmmc", "DMMCProposals", "DMMCResult", "DMMCSettings", "dm_mc_chain", "dm_mc_proposals", "theory_of_checkpoint",
+__all__ = ["dmmc", "gauge", "PlaquetteScoreNet", "TorusVESDE", "DMMCProposals", "DMMCResult", "DMMCSettings", "dm_mc_chain", "dm_mc_proposals", "theory_of_checkpoint",
            "likelihood", "loss", "networks", "paths", "samplers", "sde", "shipped", "training", "models", "generation", "derived", "cached_derivation", "model_identity", "weights_hash", "LikelihoodResult",
            "LikelihoodSettings", "ODESample", "ode_sample_with_density", "PathSettings", "path_sample",
            "cached_dm_path_proposals", "data_spectrum", "dm_path_proposals", "log_likelihood",

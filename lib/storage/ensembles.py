@@ -117,7 +117,14 @@ def load_ensemble(path, allow_nonfinite: bool = False) -> Ensemble:
         raise ValueError(f"{path}: configurations have shape {list(configs.shape[1:])}, its metadata says "
                          f"{meta['shape']}")
     theory = meta.get("theory")
-    if isinstance(theory, dict) and "L" in theory:
+    if isinstance(theory, dict) and theory.get("name") == "u1":
+        L = theory.get("L")
+        if isinstance(L, bool) or not isinstance(L, int) or L < 2:
+            raise ValueError(f"{path}: the theory in its metadata has L = {L!r}, not an integer >= 2")
+        if list(configs.shape[1:]) != [2, L, L]:
+            raise ValueError(f"{path}: configurations have shape {list(configs.shape[1:])}, but a U(1) gauge "
+                             f"theory on L = {L} has links of shape [2, {L}, {L}]")
+    elif isinstance(theory, dict) and "L" in theory:
         L, d = theory["L"], theory.get("d", configs.ndim - 1)
         for name, v in (("L", L), ("d", d)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -5,7 +5,9 @@
   exact propagator;
 * :class:`GaussianMixture` — mixtures whose diffused densities and scores are exact;
 * :class:`GaussianField` — translation-invariant Gaussian fields (the free field, or the Gaussian
-  fitted to an ensemble's power spectrum) with exact diffused scores and densities.
+  fitted to an ensemble's power spectrum) with exact diffused scores and densities;
+* :class:`U1Gauge` — compact U(1) gauge theory in two dimensions, exactly solvable on a torus
+  (plaquette, Wilson loops, topological susceptibility).
 
 Every theory a Markov chain runs on satisfies the :class:`Theory` protocol.
 """
@@ -19,6 +21,7 @@ from .gaussian_field import GaussianField
 from .gaussian_mixture import GaussianMixture
 from .phi4 import Phi4
 from .toy_model import ToyModel
+from .u1 import U1Gauge
 
 
 @runtime_checkable
@@ -37,4 +40,4 @@ class Theory(Protocol):
     def to_dict(self) -> dict: ...
 
 
-__all__ = ["Theory", "ToyModel", "Phi4", "GaussianMixture", "GaussianField"]
+__all__ = ["Theory", "ToyModel", "Phi4", "GaussianMixture", "GaussianField", "U1Gauge"]

@@ -1,0 +1,236 @@
+"""Two-dimensional U(1) gauge theory (lib.theories.u1, issue 24): the exact character-expansion
+results against brute-force integration on a 2×2 torus, Q an integer and gauge invariant, the force
+against autograd, HMC, local Metropolis and MALA against the exact plaquette and χ_top, MALA's
+acceptance against detailed balance, and the diffusion pieces on the torus (the wrapped normal,
+its exact score driving the reverse SDE, the gauge-invariant score network)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import lib
+from lib.analysis.stats import autocorrelation
+from lib.theories.u1 import U1Gauge, wrap
+
+TREE = [(0, 0, 0), (1, 0, 0), (1, 1, 0)]            # a maximal tree of the 2×2 torus: fixed to 0
+FREE = [(0, 1, 0), (0, 0, 1), (0, 1, 1), (1, 0, 1), (1, 1, 1)]  # the other five links
+
+
+def _brute_force_links(th, n):
+    """⟨plaquette⟩, ⟨W(1×2)⟩ and ⟨Q²⟩ on the 2×2 torus by a midpoint grid of n points for each of
+    the five links left after fixing the tree gauge (exact for gauge-invariant observables)."""
+    g = (torch.arange(n, dtype=torch.float64) + 0.5) * (2 * math.pi / n) - math.pi + 0.0123
+    rest = torch.cartesian_prod(*([g] * 4))
+    Z = P = W = Q2 = 0.0
+    for a in g:
+        x = torch.zeros(len(rest), 2, 2, 2, dtype=torch.float64)
+        vals = torch.cat([torch.full((len(rest), 1), float(a), dtype=torch.float64), rest], 1)
+        for k, (mu, x0, x1) in enumerate(FREE):
+            x[:, mu, x0, x1] = vals[:, k]
+        w = torch.exp(-th.action(x))
+        Z += float(w.sum())
+        P += float((w * th.plaquette(x)).sum())
+        W += float((w * th.wilson_loop(x, 1, 2)).sum())
+        Q2 += float((w * th.topological_charge(x) ** 2).sum())
+    return P / Z, W / Z, Q2 / Z
+
+
+def _plaquette_integral_Q2(beta, n):
+    """⟨Q²⟩ on the 2×2 torus as an integral over three plaquette angles (the fourth is minus their sum
+    mod 2π; the holonomies and the gauge orbit factor out), midpoint rule with n points each."""
+    g = (torch.arange(n, dtype=torch.float64) + 0.5) * (2 * math.pi / n) - math.pi
+    p12 = torch.cartesian_prod(g, g)
+    Z = Q2 = 0.0
+    for a in g:
+        p4 = -(p12[:, 0] + p12[:, 1] + a)
+        w = torch.exp(beta * (torch.cos(p12[:, 0]) + torch.cos(p12[:, 1]) + math.cos(a) + torch.cos(p4)))
+        q = torch.round((p12[:, 0] + p12[:, 1] + a + wrap(p4)) / (2 * math.pi))
+        Z += float(w.sum())
+        Q2 += float((w * q * q).sum())
+    return Q2 / Z
+
+
+@pytest.mark.parametrize("beta", [0.7, 2.5])
+def test_exact_solution_agrees_with_brute_force_on_a_2x2_torus(beta):
+    th = U1Gauge(2, beta)
+    P, W, Q2 = _brute_force_links(th, 16)
+    # smooth periodic integrands: the midpoint grid converges exponentially
+    assert P == pytest.approx(th.exact_plaquette(), rel=1e-9, abs=1e-12)
+    assert W == pytest.approx(th.exact_wilson_loop(2), rel=1e-9, abs=1e-12)
+    # Q jumps where a plaquette wraps: the link grid converges slowly (about 1 % at n = 16) ...
+    assert Q2 == pytest.approx(th.exact_Q2(), rel=0.02)
+    # ... the three-plaquette integral much faster (error 6e-5 at n = 200, measured against n = 800)
+    assert _plaquette_integral_Q2(beta, 200) == pytest.approx(th.exact_Q2(), rel=3e-4)
+
+
+def test_exact_solution_limits():
+    """β = 0: plaquette 0 and ⟨Q²⟩ = V⟨φ²⟩/4π² with uniform φ on a large torus; large V: χ_top →
+    ⟨φ²⟩_β/4π² (one plaquette's second moment), the plaquette → I₁/I₀."""
+    from scipy.integrate import quad
+    from scipy.special import iv
+
+    assert U1Gauge(4, 0.0).exact_plaquette() == 0.0
+    big = U1Gauge(64, 3.0)
+    phi2 = quad(lambda p: p * p * math.exp(3 * math.cos(p)), -math.pi, math.pi)[0] / (2 * math.pi * iv(0, 3))
+    assert big.exact_chi_top() == pytest.approx(phi2 / (4 * math.pi**2), rel=1e-6)
+    assert big.exact_plaquette() == pytest.approx(iv(1, 3) / iv(0, 3), rel=1e-9)
+    assert big.exact_wilson_loop(4) == pytest.approx((iv(1, 3) / iv(0, 3)) ** 4, rel=1e-9)
+
+
+def test_charge_is_an_integer_and_gauge_invariant_and_the_force_is_minus_the_gradient():
+    th = U1Gauge(6, 1.7)
+    gen = torch.Generator().manual_seed(4)
+    x = th.random_links(32, gen) * 3  # angles outside (−π, π] too
+    q = wrap(th.plaquettes(x)).sum(dim=(1, 2)) / (2 * math.pi)
+    assert torch.allclose(q, torch.round(q), atol=1e-9) and float(q.abs().max()) > 0
+    alpha = 5 * torch.randn(32, 6, 6, generator=gen, dtype=torch.float64)
+    y = th.gauge_transform(x, alpha)
+    assert not torch.allclose(x, y)
+    for f in (th.action, th.plaquette, th.topological_charge, lambda z: th.wilson_loop(z, 2, 3)):
+        assert torch.allclose(f(x), f(y), atol=1e-9)
+    # shifting one link by 2π changes nothing
+    z = x.clone()
+    z[:, 1, 2, 3] += 2 * math.pi
+    assert torch.equal(th.topological_charge(z), th.topological_charge(x))
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(th.action(xg).sum(), xg)
+    assert torch.allclose(th.drift(x), -grad, atol=1e-12)
+    # the local action's change is the action's change for links of one checkerboard set
+    for mask in th.checkerboard_masks():
+        prop = torch.where(mask, x + torch.randn(x.shape, generator=gen, dtype=torch.float64), x)
+        d_local = ((th.local_action(prop) - th.local_action(x)) * mask).sum(dim=(1, 2, 3))
+        assert torch.allclose(d_local, th.action(prop) - th.action(x), atol=1e-9)
+
+
+def test_bad_input_is_refused():
+    for kw in ({"L": 1, "beta": 1.0}, {"L": 4, "beta": -1.0}, {"L": 4.0, "beta": 1.0}, {"L": 4, "beta": math.nan}):
+        with pytest.raises(ValueError):
+            U1Gauge(**kw)
+    with pytest.raises(ValueError, match="even"):
+        U1Gauge(5, 1.0).checkerboard_masks()
+    with pytest.raises(ValueError, match="shape"):
+        U1Gauge(4, 1.0).action(torch.zeros(3, 4, 4))
+
+
+def _chain_estimates(th, sampler, n_therm, n_meas, every=1):
+    """Plaquette and χ_top of a batch of chains with Γ-method errors on the chain-averaged series."""
+    P, Q2 = [], []
+    for i in range(n_therm + n_meas):
+        sampler.update()
+        if i >= n_therm and (i - n_therm) % every == 0:
+            P.append(th.plaquette(sampler.phi).mean().item())
+            Q2.append((th.topological_charge(sampler.phi) ** 2).mean().item())
+    p, q = autocorrelation(np.array(P), name="p"), autocorrelation(np.array(Q2), name="q")
+    return (p.mean, p.error), (q.mean / th.n_plaquettes, q.error / th.n_plaquettes)
+
+
+@pytest.mark.parametrize("kind", ["hmc", "metropolis", "mala"])
+def test_samplers_reproduce_the_exact_plaquette_and_topological_susceptibility(kind):
+    th = U1Gauge(8, 1.5)
+    start = th.random_links(32, torch.Generator().manual_seed(1))
+    s = {"hmc": lambda: lib.HMC(th, 32, eps=0.1, n_steps=10, seed=2, start=start),
+         "metropolis": lambda: lib.Metropolis(th, 32, delta=2.0, seed=2, start=start),
+         "mala": lambda: lib.MALA(th, 32, eps=0.05, seed=2, start=start)}[kind]()
+    (p, dp), (chi, dchi) = _chain_estimates(th, s, 100, 600)
+    assert abs(p - th.exact_plaquette()) < 4 * dp, (p, dp, th.exact_plaquette())
+    assert abs(chi - th.exact_chi_top()) < 4 * dchi, (chi, dchi, th.exact_chi_top())
+    assert dchi < 0.15 * th.exact_chi_top()  # the test has teeth: errors well below the value
+
+
+def test_mala_acceptance_satisfies_detailed_balance_on_a_tiny_lattice():
+    """p(x) q(y|x) α(x→y) = p(y) q(x|y) α(y→x) for random pairs, with q the Langevin proposal."""
+    from lib.mcmc.mala import mala_log_acceptance
+
+    th, eps = U1Gauge(2, 1.3), 0.2
+    gen = torch.Generator().manual_seed(3)
+    x = th.random_links(64, gen)
+    y = x + math.sqrt(2 * eps) * torch.randn(x.shape, generator=gen, dtype=torch.float64) + eps * th.drift(x)
+
+    def log_q(b, a):  # log q(b | a) up to a constant
+        r = b - a - eps * th.drift(a)
+        return -(r * r).sum(dim=(1, 2, 3)) / (4 * eps)
+
+    la_xy = torch.clamp(mala_log_acceptance(th, x, y, eps), max=0)
+    la_yx = torch.clamp(mala_log_acceptance(th, y, x, eps), max=0)
+    lhs = -th.action(x) + log_q(y, x) + la_xy
+    rhs = -th.action(y) + log_q(x, y) + la_yx
+    assert torch.allclose(lhs, rhs, atol=1e-10)
+    assert float(la_xy.exp().mean()) < 0.999  # some moves are rejected: the test is not trivially 0 = 0
+
+
+def test_wrapped_normal_density_and_score():
+    from lib.diffusion.gauge import wrapped_normal_logpdf, wrapped_normal_score
+
+    x = torch.linspace(-7, 7, 301, dtype=torch.float64)
+    for var in (0.05, 0.9, 1.0, 4.0, 97.0):
+        lp = wrapped_normal_logpdf(x, 0.3, var)
+        brute = torch.logsumexp(torch.stack([-(x - 0.3 + 2 * math.pi * k) ** 2 / (2 * var) for k in range(-60, 61)]),
+                                0) - 0.5 * math.log(2 * math.pi * var)
+        assert torch.allclose(lp, brute, atol=1e-12), var
+        grid = torch.linspace(-math.pi, math.pi, 20001, dtype=torch.float64)
+        assert float(torch.trapezoid(wrapped_normal_logpdf(grid, 0.3, var).exp(), grid)) == pytest.approx(1, abs=1e-9)
+        h = 1e-5
+        fd = (wrapped_normal_logpdf(x + h, 0.3, var) - wrapped_normal_logpdf(x - h, 0.3, var)) / (2 * h)
+        assert torch.allclose(wrapped_normal_score(x, 0.3, var), fd, atol=1e-6)
+
+
+def test_reverse_sde_with_the_exact_wrapped_score_samples_the_wrapped_target():
+    """Independent wrapped-normal angles WN(μ, v₀) diffuse to WN(μ, v₀ + Ξ(t)) exactly; the reverse SDE
+    in the covering space driven by that score, wrapped at the end, must give E cos(x − μ) = e^{−v₀/2}."""
+    from lib.diffusion import euler_maruyama
+    from lib.diffusion.gauge import TorusVESDE, wrapped_normal_score
+
+    sde, mu, v0 = TorusVESDE(25.0), 1.0, 0.4
+
+    def score(x, t):
+        return wrapped_normal_score(x.double(), mu, v0 + sde.Xi(t.double())[:, None]).to(x.dtype)
+
+    x, _ = euler_maruyama(score, sde, (4000, 1), n_steps=400, eps=1e-3, generator=torch.Generator().manual_seed(0),
+                          dtype=torch.float64, progress_bar=False)
+    c = torch.cos(x[:, 0] - mu)
+    want = math.exp(-v0 / 2)
+    err = float(c.std()) / math.sqrt(len(c))
+    assert abs(float(c.mean()) - want) < 4 * err + 0.01, (float(c.mean()), want, err)  # + O(Δt) of 400 steps
+    s = torch.sin(x[:, 0] - mu)
+    assert abs(float(s.mean())) < 4 * float(s.std()) / math.sqrt(len(s))
+
+
+def test_plaquette_score_net_is_gauge_invariant_periodic_and_translation_equivariant():
+    from lib.diffusion import build_score_model
+    from lib.diffusion.gauge import PlaquetteScoreNet, TorusVESDE
+
+    torch.manual_seed(0)
+    net = PlaquetteScoreNet(TorusVESDE(25.0), channels=(8, 8), odd=True).double()
+    th = U1Gauge(6, 1.0)
+    gen = torch.Generator().manual_seed(1)
+    x = th.random_links(4, gen)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    s = net(x, t)
+    alpha = torch.randn(4, 6, 6, generator=gen, dtype=torch.float64)
+    assert torch.allclose(net(th.gauge_transform(x, alpha), t), s, atol=1e-10)
+    k = torch.randint(-2, 3, x.shape, generator=gen).double()
+    assert torch.allclose(net(x + 2 * math.pi * k, t), s, atol=1e-10)
+    assert torch.allclose(net(torch.roll(x, (1, 2), (2, 3)), t), torch.roll(s, (1, 2), (2, 3)), atol=1e-10)
+    assert torch.allclose(net(-x, t), -s, atol=1e-10)
+    # the score has no component along the holonomies (constant shifts of all links of one direction)
+    assert torch.allclose(s.sum(dim=(2, 3)), torch.zeros(4, 2, dtype=torch.float64), atol=1e-10)
+    again = build_score_model(net.config).double()
+    again.load_state_dict(net.state_dict())
+    assert torch.equal(again(x, t), s)
+
+
+def test_u1_ensembles_are_written_and_checked_with_their_link_shape(tmp_path):
+    import json
+
+    from lib.storage import load_ensemble
+
+    th = U1Gauge(4, 1.0)
+    ens = lib.cached_hmc_ensemble(th, 8, seed=1, n_burnin=2, n_spacing=1, eps=0.1, n_steps=5, cache_dir=tmp_path,
+                                  progress_bar=False, verbose=False)
+    assert ens.configs.shape == (8, 2, 4, 4) and ens.metadata["theory"] == {"name": "u1", "L": 4, "beta": 1.0}
+    bad = dict(ens.metadata, theory={"name": "u1", "L": 5, "beta": 1.0})
+    bad.pop("configs_sha256", None)
+    np.savez(tmp_path / "bad.npz", configs=ens.configs, metadata=np.array(json.dumps(bad)))
+    with pytest.raises(ValueError, match="links of shape"):
+        load_ensemble(tmp_path / "bad.npz")
