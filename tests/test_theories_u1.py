@@ -196,12 +196,14 @@ def test_reverse_sde_with_the_exact_wrapped_score_samples_the_wrapped_target():
     assert abs(float(s.mean())) < 4 * float(s.std()) / math.sqrt(len(s))
 
 
-def test_plaquette_score_net_is_gauge_invariant_periodic_and_translation_equivariant():
+@pytest.mark.parametrize("kind", ["u1-plaquette", "u1-gaussian-plaquette"])
+def test_u1_score_models_are_gauge_invariant_periodic_and_translation_equivariant(kind):
     from lib.diffusion import build_score_model
-    from lib.diffusion.gauge import PlaquetteScoreNet, TorusVESDE
+    from lib.diffusion.gauge import GaussianPlaquetteScore, PlaquetteScoreNet, TorusVESDE
 
     torch.manual_seed(0)
-    net = PlaquetteScoreNet(TorusVESDE(25.0), channels=(8, 8), odd=True).double()
+    net = (PlaquetteScoreNet(TorusVESDE(25.0), channels=(8, 8), odd=True) if kind == "u1-plaquette"
+           else GaussianPlaquetteScore(TorusVESDE(25.0), beta=1.7)).double()
     th = U1Gauge(6, 1.0)
     gen = torch.Generator().manual_seed(1)
     x = th.random_links(4, gen)
@@ -220,6 +222,16 @@ def test_plaquette_score_net_is_gauge_invariant_periodic_and_translation_equivar
     assert torch.equal(again(x, t), s)
 
 
+def test_gaussian_plaquette_score_is_the_wilson_force_at_zero_noise():
+    from lib.diffusion.gauge import GaussianPlaquetteScore, TorusVESDE
+
+    th = U1Gauge(6, 2.3)
+    net = GaussianPlaquetteScore(TorusVESDE(25.0), beta=2.3).double()
+    x = th.random_links(3, torch.Generator().manual_seed(2))
+    s = net(x, torch.full((3,), 1e-12, dtype=torch.float64))
+    assert torch.allclose(s, th.drift(x), atol=1e-8)
+
+
 def test_u1_ensembles_are_written_and_checked_with_their_link_shape(tmp_path):
     import json
 
@@ -234,3 +246,29 @@ def test_u1_ensembles_are_written_and_checked_with_their_link_shape(tmp_path):
     np.savez(tmp_path / "bad.npz", configs=ens.configs, metadata=np.array(json.dumps(bad)))
     with pytest.raises(ValueError, match="links of shape"):
         load_ensemble(tmp_path / "bad.npz")
+
+
+@pytest.mark.slow
+def test_path_weighted_chain_is_exact_with_a_poor_score():
+    """DM-MC with exact path-space weights on the torus (wrapped-normal prior, forward kernels): with
+    the analytic Gaussian-plaquette score, which is wrong at β = 1 (its proposals' plaquette is
+    many standard errors off), the independence chain reproduces the exact plaquette and χ_top."""
+    from lib.diffusion import PathSettings, dm_path_proposals
+    from lib.diffusion.gauge import GaussianPlaquetteScore, TorusVESDE
+    from lib.mcmc import independence_chain
+
+    th = U1Gauge(8, 1.0)
+    model = GaussianPlaquetteScore(TorusVESDE(25.0), beta=1.0).double()
+    kernels = torch.full(th.lattice_shape, 1e3, dtype=torch.float64)  # forward-variance reverse kernels
+    x, log_w = dm_path_proposals(model, 16384, 5, PathSettings(n_steps=50), theory=th, spectrum=kernels,
+                                 batch_size=4096, progress_bar=False)
+    chain = independence_chain(log_w.numpy(), 7)
+    assert chain.acceptance * len(log_w) > 200  # enough moves for the errors to mean something
+    xc = x[torch.as_tensor(chain.index)]
+    p = autocorrelation(th.plaquette(xc).numpy(), name="plaquette")
+    q = autocorrelation((th.topological_charge(xc) ** 2).numpy() / th.n_plaquettes, name="chi_top")
+    assert abs(p.mean - th.exact_plaquette()) < 4 * p.error, (p.mean, p.error)
+    assert abs(q.mean - th.exact_chi_top()) < 4 * q.error, (q.mean, q.error)
+    assert q.error < 0.25 * th.exact_chi_top()
+    raw = th.plaquette(x).numpy()
+    assert abs(raw.mean() - th.exact_plaquette()) > 4 * p.error  # the weights do the work

@@ -126,5 +126,47 @@ class PlaquetteScoreNet(ScoreModel):
 NETWORKS["u1-plaquette"] = PlaquetteScoreNet
 
 
-__all__ = ["TorusVESDE", "PlaquetteScoreNet", "plaquette_angles", "plaquette_to_links", "wrapped_normal_logpdf",
+def _p_hat_squared(L: int, device=None, dtype=torch.float64) -> torch.Tensor:
+    """p̂² = 4 sin²(p₀/2) + 4 sin²(p₁/2) on the L×L momenta 2πn/L (the spectrum of d d^T on plaquettes)."""
+    k = 4 * torch.sin(math.pi * torch.arange(L, device=device, dtype=dtype) / L) ** 2
+    return k[:, None] + k[None, :]
+
+
+class GaussianPlaquetteScore(ScoreModel):
+    r"""An analytic, approximate score for U(1) (not in the paper): the plaquettes as a Gaussian field
+    of variance 1/β per plaquette (the small-angle limit of the Wilson action), smeared by the link
+    noise. Noise of variance Ξ on every link gives the plaquettes the covariance Ξ d d^T, whose
+    eigenvalues are the lattice momenta p̂² = 4 sin²(p₀/2) + 4 sin²(p₁/2), so in momentum space
+
+    .. math:: \tilde h(p, t) = −\frac{β}{1 + βΞ(t)\,\hat p^2}\, \widetilde{\sin θ_P}(p), \qquad s = d^T h,
+
+    with sin θ_P in place of θ_P to keep it periodic: exact at t = 0 (the force of the Wilson action),
+    exact for all t in the Gaussian (large-β, small-angle) limit, gauge invariant, and wrong where the
+    angles are not small (small β, large noise). The topological zero mode (p = 0) receives no noise:
+    small noise cannot change Q. One parameter, β (trainable). The baseline against which
+    :class:`PlaquetteScoreNet` is measured, and a poor-but-reasonable proposal for exactness tests."""
+
+    kind = "u1-gaussian-plaquette"
+
+    def __init__(self, sde, beta: float = 1.0, odd: bool = False, skip_var: float | None = None):
+        super().__init__(sde, odd, skip_var)
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        self._config = {"beta": float(beta)}
+        self.beta = nn.Parameter(torch.tensor(float(beta)))
+
+    def raw(self, x, t):
+        if x.ndim != 4 or x.shape[1] != 2 or x.shape[2] != x.shape[3]:
+            raise ValueError(f"GaussianPlaquetteScore expects links of shape (batch, 2, L, L), got {tuple(x.shape)}")
+        xi = self.sde.Xi(t.double()).to(x.dtype)[:, None, None]
+        b = self.beta.to(x.dtype)
+        kernel = b / (1 + b * xi * _p_hat_squared(x.shape[-1], x.device, x.dtype))
+        h = -torch.fft.ifft2(torch.fft.fft2(torch.sin(plaquette_angles(x))) * kernel).real
+        return torch.sqrt(xi)[..., None] * plaquette_to_links(h)
+
+
+NETWORKS["u1-gaussian-plaquette"] = GaussianPlaquetteScore
+
+
+__all__ = ["TorusVESDE", "PlaquetteScoreNet", "GaussianPlaquetteScore", "plaquette_angles", "plaquette_to_links", "wrapped_normal_logpdf",
            "wrapped_normal_score"]
