@@ -272,3 +272,24 @@ def test_path_weighted_chain_is_exact_with_a_poor_score():
     assert q.error < 0.25 * th.exact_chi_top()
     raw = th.plaquette(x).numpy()
     assert abs(raw.mean() - th.exact_plaquette()) > 4 * p.error  # the weights do the work
+
+
+@pytest.mark.parametrize("L, beta", [(2, 1.3), (8, 3.0)])
+def test_exact_sampler_reproduces_the_exact_solution(L, beta):
+    """Rejection-sampled plaquettes, links rebuilt with d^T Δ⁻¹: independent draws from e^{−S}."""
+    from scipy.special import iv
+
+    from lib.theories.u1 import von_mises
+
+    a = von_mises(beta, (100000,), torch.Generator().manual_seed(0)).cos().numpy()
+    assert abs(a.mean() - iv(1, beta) / iv(0, beta)) < 4 * a.std() / math.sqrt(len(a))
+    th = U1Gauge(L, beta)
+    x = th.exact_sample(20000, torch.Generator().manual_seed(1))
+    assert x.shape == (20000, 2, L, L) and float(x.abs().max()) <= math.pi
+    for obs, want in ((th.plaquette(x), th.exact_plaquette()),
+                      (th.wilson_loop(x, 1, 2), th.exact_wilson_loop(2)),
+                      (th.topological_charge(x) ** 2 / th.n_plaquettes, th.exact_chi_top())):
+        o = obs.numpy()
+        assert abs(o.mean() - want) < 4 * o.std() / math.sqrt(len(o)), (o.mean(), want)
+    assert torch.equal(th.exact_sample(5, torch.Generator().manual_seed(3)),
+                       th.exact_sample(5, torch.Generator().manual_seed(3)))

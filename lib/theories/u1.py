@@ -43,6 +43,30 @@ def wrap(angle: torch.Tensor) -> torch.Tensor:
     return angle - TWO_PI * torch.floor((angle + math.pi) / TWO_PI)
 
 
+def von_mises(kappa: float, shape, generator: torch.Generator | None = None, device=None,
+              dtype=torch.float64) -> torch.Tensor:
+    """Angles in (−π, π] from the von Mises density e^{κ cos θ}/2πI₀(κ) (Best & Fisher 1979, the
+    rejection algorithm with a wrapped-Cauchy envelope), drawn from ``generator``; κ = 0 is uniform."""
+    out = torch.empty(shape, device=device, dtype=dtype)
+    flat = out.view(-1)
+    if kappa < 1e-8:
+        return TWO_PI * torch.rand(shape, generator=generator, device=device, dtype=dtype) - math.pi
+    tau = 1 + math.sqrt(1 + 4 * kappa * kappa)
+    rho = (tau - math.sqrt(2 * tau)) / (2 * kappa)
+    r = (1 + rho * rho) / (2 * rho)
+    todo = torch.arange(flat.numel(), device=device)
+    while todo.numel():
+        u = torch.rand((3, todo.numel()), generator=generator, device=device, dtype=dtype)
+        z = torch.cos(math.pi * u[0])
+        f = (1 + r * z) / (r + z)
+        c = kappa * (r - f)
+        ok = (c * (2 - c) - u[1] > 0) | (torch.log(c / u[1]) + 1 - c >= 0)
+        theta = torch.sign(u[2] - 0.5) * torch.acos(f.clamp(-1, 1))
+        flat[todo[ok]] = theta[ok]
+        todo = todo[~ok]
+    return out
+
+
 @dataclass(frozen=True)
 class U1Gauge:
     """Compact U(1) gauge theory with the Wilson action on an L×L torus (module docstring).
@@ -166,6 +190,46 @@ class U1Gauge:
         u = torch.rand((n, *self.lattice_shape), generator=generator, device=device, dtype=dtype)
         return TWO_PI * u - math.pi
 
+    # ------------------------------------------------------------------ exact sampling
+    def exact_sample(self, n: int, generator: torch.Generator | None = None, device=None,
+                     dtype=torch.float64) -> torch.Tensor:
+        r"""``n`` independent configurations drawn exactly from e^{−S}/Z (links, ``(n, 2, L, L)``).
+
+        On the torus the link measure factorises into the plaquette angles, subject to the one
+        constraint Σ_P θ_P ≡ 0 (mod 2π), the two holonomies and the gauge orbit, with a constant
+        Jacobian. So: draw V − 1 plaquettes independently from the von Mises law e^{β cos θ}/2πI₀(β)
+        (:func:`von_mises`), set the last to minus their sum, and accept the set with probability
+        e^{β(cos θ_V − 1)} (rejection sampling: exact; the acceptance is about I₀(β)e^{−β} for large
+        V); then build links with exactly these plaquettes (mod 2π) — θ = d^T Δ^{−1} θ̃_P with the
+        lattice Laplacian Δ = d d^T on plaquettes and θ̃_P the angles with 2πQ taken off one of
+        them, so that they sum to zero — and add uniform holonomies and a uniform gauge
+        transformation."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        V, L = self.n_plaquettes, self.L
+        kept, have = [], 0
+        while have < n:
+            m = max(2 * (n - have), 16)
+            p = von_mises(self.beta, (m, V - 1), generator, device, dtype)
+            last = wrap(-p.sum(dim=1))
+            u = torch.rand(m, generator=generator, device=device, dtype=dtype)
+            ok = u < torch.exp(self.beta * (torch.cos(last) - 1))
+            plaq = torch.cat([p, last[:, None]], dim=1)[ok]
+            kept.append(plaq)
+            have += len(plaq)
+        plaq = torch.cat(kept)[:n]
+        q = torch.round(plaq.sum(dim=1) / TWO_PI)  # the topological charge of the set
+        plaq[:, -1] -= TWO_PI * q  # a lift that sums to zero and equals the angles mod 2π
+        plaq = plaq.reshape(n, L, L)
+        k = 4 * torch.sin(math.pi * torch.arange(L, device=device, dtype=dtype) / L) ** 2
+        lap = k[:, None] + k[None, :]
+        lap[0, 0] = 1.0  # the zero mode is zero
+        g = torch.fft.ifft2(torch.fft.fft2(plaq) / lap).real
+        theta = torch.stack([g - torch.roll(g, 1, 2), torch.roll(g, 1, 1) - g], dim=1)  # d^T g
+        hol = TWO_PI * torch.rand(n, 2, 1, 1, generator=generator, device=device, dtype=dtype)
+        alpha = TWO_PI * torch.rand(n, L, L, generator=generator, device=device, dtype=dtype)
+        return wrap(self.gauge_transform(theta + hol, alpha))
+
     # ------------------------------------------------------------------ exact results
     def _log_bessel(self, n: np.ndarray) -> np.ndarray:
         from scipy.special import ive
@@ -217,4 +281,4 @@ class U1Gauge:
         return self.exact_Q2() / self.n_plaquettes
 
 
-__all__ = ["U1Gauge", "wrap"]
+__all__ = ["U1Gauge", "von_mises", "wrap"]
