@@ -253,10 +253,13 @@ def _ensemble_arguments(h, command: str) -> None:
     """The flags of ``hmc`` and ``ensemble`` (``ensemble`` adds --algorithm and its options; its burn-in,
     spacing and leapfrog defaults depend on the algorithm: :data:`ENSEMBLE_DEFAULTS`)."""
     per_algorithm = command == "ensemble"
+    h.add_argument("--theory", choices=("phi4", "u1"), default="phi4",
+                   help="phi4 (needs --kappa, --lam) or u1: 2D U(1) gauge theory (needs --beta)")
     h.add_argument("--L", type=_positive_int, required=True, help="lattice size")
-    h.add_argument("--kappa", type=_finite, required=True, help="hopping parameter κ")
-    h.add_argument("--lam", type=_finite, required=True, help="quartic coupling λ")
-    h.add_argument("--d", type=_positive_int, default=2, help="dimensions (default 2)")
+    h.add_argument("--kappa", type=_finite, default=None, help="hopping parameter κ (phi4)")
+    h.add_argument("--lam", type=_finite, default=None, help="quartic coupling λ (phi4)")
+    h.add_argument("--d", type=_positive_int, default=None, help="dimensions (phi4; default 2)")
+    h.add_argument("--beta", type=_finite, default=None, help="inverse coupling β (u1)")
     h.add_argument("--n-configs", type=_positive_int, required=True, help="number of configurations (= chains)")
     h.add_argument("--seed", type=_nonneg_int, required=True)
     h.add_argument("--out", type=Path, required=True, help="output .npz file")
@@ -410,16 +413,35 @@ def cmd_train(a) -> int:
                        f"{n_train} training ones in {a.ensemble}", status=2)
     configs = ens.configs[:n_train]
     validation = ens.configs[n_train:n_train + a.n_validation] if a.n_validation else None
-    sde = make_sde(a.sde, a.sigma)
-    zm_sd = (a.zero_mode_sd if a.zero_mode_sd is not None
-             else zero_mode_scale(configs, a.normalise) if a.zero_mode_head else 0.5)
-    skip_var = site_variance(configs, a.normalise) if a.gaussian_skip else None
-    # the architecture is checked on the meta device (nothing allocated), then built for real
-    model = _meta_model(lambda: default_model(sde, configs.shape[1:], channels=channels, strides=strides, odd=a.odd,
-                                              hidden=hidden, zero_mode_head=a.zero_mode_head, zero_mode_sd=zm_sd,
-                                              skip_var=skip_var),
-                        "bad network")
-    _check_model_memory(model, f"--channels {a.channels}" if len(configs.shape[1:]) == 2 else f"--hidden {a.hidden}",
+    th = ens.metadata.get("theory")
+    if isinstance(th, dict) and th.get("name") == "u1":
+        # U(1) links: the gauge-invariant plaquette network on the torus, angles as they are
+        from .diffusion.gauge import PlaquetteScoreNet, TorusVESDE
+
+        stray = [flag for flag, on in (("--sde vp", a.sde != "ve"), ("--strides", a.strides != "1,2,2,2"),
+                                       ("--zero-mode-head", a.zero_mode_head), ("--zero-mode-sd", a.zero_mode_sd),
+                                       ("--gaussian-skip", a.gaussian_skip), ("--z2-augment", settings.z2_augment))
+                 if on]
+        if stray:
+            raise CLIError(f"{', '.join(stray)} has no meaning for U(1) links (the network is "
+                           "lib.diffusion.gauge.PlaquetteScoreNet on the VE process of the torus)", status=2)
+        if _given(a, "normalisation") and settings.normalisation != "none":
+            raise CLIError("U(1) links are angles: they are trained as they are (--normalise none)", status=2)
+        settings = settings.replace(normalisation="none")
+        a.normalise = "none"
+        sde = TorusVESDE(a.sigma)
+        model = _meta_model(lambda: PlaquetteScoreNet(sde, channels=channels, odd=a.odd), "bad network")
+    else:
+        sde = make_sde(a.sde, a.sigma)
+        zm_sd = (a.zero_mode_sd if a.zero_mode_sd is not None
+                 else zero_mode_scale(configs, a.normalise) if a.zero_mode_head else 0.5)
+        skip_var = site_variance(configs, a.normalise) if a.gaussian_skip else None
+        # the architecture is checked on the meta device (nothing allocated), then built for real
+        model = _meta_model(lambda: default_model(sde, configs.shape[1:], channels=channels, strides=strides,
+                                                  odd=a.odd, hidden=hidden, zero_mode_head=a.zero_mode_head,
+                                                  zero_mode_sd=zm_sd, skip_var=skip_var),
+                            "bad network")
+    _check_model_memory(model, f"--hidden {a.hidden}" if len(configs.shape[1:]) == 1 else f"--channels {a.channels}",
                         copies=5)
     check_lattice(model, {"lattice_shape": list(configs.shape[1:])}, None)
     model = build_score_model(model.config, seed=seed)  # the initial weights are a function of the seed
@@ -567,7 +589,6 @@ def cmd_hmc(a) -> int:
     from .mcmc.hmc import HMCSettings, hmc_ensemble
     from .rng import check_seed
     from .storage.ensembles import make_metadata, save_ensemble
-    from .theories import Phi4
 
     _check_out(a.out, ".npz", a.force)
     seed = check_seed(a.seed)
@@ -587,10 +608,8 @@ def cmd_hmc(a) -> int:
     settings = _build(HMCSettings, _flag_names(a.command, HMCSettings), **values)
     if a.n_configs % settings.n_per_chain:
         raise CLIError(f"--n-configs {a.n_configs} is not a multiple of --per-chain {settings.n_per_chain}", status=2)
-    if a.d > 4:
-        raise CLIError(f"--d {a.d}: lattices of more than 4 dimensions are not supported", status=2)
+    theory = _ensemble_theory(a, settings)
     _check_checkpoint_dir(a.checkpoint_dir)
-    theory = Phi4(L=a.L, kappa=a.kappa, lam=a.lam, d=a.d)
     device = _device(a.device)
     shard, chains = None, None
     if a.shard is not None:
@@ -616,6 +635,37 @@ def cmd_hmc(a) -> int:
     print(f"wrote {len(configs)} configurations to {a.out}" + (f" (shard {a.shard} of {a.n_configs})" if shard else "")
           + f" (acceptance {info['acceptance']:.3f})", file=sys.stderr)
     return 0
+
+
+def _ensemble_theory(a, settings):
+    """The theory of ``hmc``/``ensemble`` from --theory and its couplings; flags of the other theory,
+    and algorithms or starts the theory has no use for, are refused in one line."""
+    from .theories import Phi4, U1Gauge
+
+    if a.theory == "u1":
+        stray = [f"--{k}" for k in ("kappa", "lam", "d") if getattr(a, k) is not None]
+        if stray:
+            raise CLIError(f"{', '.join(stray)} belongs to --theory phi4; U(1) takes --beta", status=2)
+        if a.beta is None:
+            raise CLIError("--theory u1 needs --beta (the inverse coupling)", status=2)
+        if settings.algorithm not in ("hmc", "metropolis"):
+            raise CLIError(f"--algorithm {settings.algorithm} is written for phi4; U(1) runs hmc or metropolis",
+                           status=2)
+        if settings.start == "ordered":
+            raise CLIError("--start ordered is phi4's classical vacuum; for U(1) use cold (all links 1) or hot",
+                           status=2)
+        if settings.algorithm == "metropolis" and a.L % 2:
+            raise CLIError(f"--L {a.L}: the link checkerboard of U(1) Metropolis needs an even L", status=2)
+        return U1Gauge(L=a.L, beta=a.beta)
+    if a.beta is not None:
+        raise CLIError("--beta belongs to --theory u1; phi4 takes --kappa and --lam", status=2)
+    missing = [f"--{k}" for k in ("kappa", "lam") if getattr(a, k) is None]
+    if missing:
+        raise CLIError(f"--theory phi4 needs {' and '.join(missing)}", status=2)
+    d = 2 if a.d is None else a.d
+    if d > 4:
+        raise CLIError(f"--d {d}: lattices of more than 4 dimensions are not supported", status=2)
+    return Phi4(L=a.L, kappa=a.kappa, lam=a.lam, d=d)
 
 
 def cmd_merge(a) -> int:
@@ -644,6 +694,10 @@ def cmd_observables(a) -> int:
     import warnings
 
     import numpy as np
+
+    th = ens.metadata.get("theory", {})
+    if isinstance(th, dict) and th.get("name") == "u1":
+        return _gauge_observables(a, ens, th)
 
     m = ens.configs.reshape(len(ens), -1).mean(axis=1)
     if not np.any(m):
@@ -674,6 +728,39 @@ def cmd_observables(a) -> int:
     return 0
 
 
+def _gauge_observables(a, ens, th: dict) -> int:
+    """``observables`` of a U(1) ensemble: plaquette, ⟨Q⟩, ⟨Q²⟩ and χ_top (per site) with jackknife
+    errors, beside the exact finite-volume values."""
+    import numpy as np
+
+    from .analysis.observables import gauge_summary
+    from .theories import theory_from_dict
+
+    try:
+        theory = theory_from_dict(th)
+    except (ValueError, TypeError) as e:
+        raise CLIError(f"{a.file}: {e}") from None
+    s = gauge_summary(theory, ens.configs, n_blocks=a.n_blocks)
+    v, e = s["plaquette"]
+    if not (np.isfinite(v) and np.isfinite(e) and e > 0):
+        raise CLIError(f"{a.file}: the jackknife gives plaquette = {v:.6g} +- {e:.3g} from {len(ens)} configurations, "
+                       "not a usable error; measure more (or less degenerate) configurations")
+    exact = {"plaquette": theory.exact_plaquette(), "Q": 0.0, "Q2": theory.exact_Q2(),
+             "chi_top": theory.exact_chi_top()}
+    out = {k: list(s[k]) for k in ("plaquette", "Q", "Q2", "chi_top")}
+    out.update(exact=exact, n_configs=s["n_configs"], L=th.get("L"), beta=th.get("beta"), theory=th,
+               sampler=ens.metadata.get("sampler"), seed=ens.metadata.get("seed"))
+    if a.json:
+        print(json.dumps(out, allow_nan=False))
+    else:
+        print(f"{a.file}: u1 L={th.get('L')} beta={th.get('beta')}, {s['n_configs']} configurations from "
+              f"{ens.metadata.get('sampler')}")
+        for k in ("plaquette", "Q", "Q2", "chi_top"):
+            v, e = s[k]
+            print(f"  {k:9s} = {v: .6f} ± {e:.6f}   (exact {exact[k]:.6f})")
+    return 0
+
+
 def cmd_dmmc(a) -> int:
     import math
 
@@ -693,23 +780,30 @@ def cmd_dmmc(a) -> int:
     values = _settings_values(a, "dmmc", DMMCSettings)
     if not _given(a, "steps"):  # the paper's recipe takes its 500 Euler-Maruyama steps
         values["n_steps"] = 100 if a.variant == "paths" else 500
-    settings = _build(DMMCSettings, _flag_names("dmmc", DMMCSettings), **values)
     device = _device(a.device)
     model, state = load_model(a.checkpoint, device=device)
     theory = theory_of_checkpoint(state)
+    gauge = theory.name == "u1"
+    if gauge and a.variant == "paths" and not _given(a, "variance"):
+        values["variance"] = "forward"  # angles: the lift of the data is flat on the noise's scale
+    settings = _build(DMMCSettings, _flag_names("dmmc", DMMCSettings), **values)
     shape = check_lattice(model, state["metadata"], tuple(theory.lattice_shape))
     _check_memory(a.n, shape)
     spectrum = None
     if a.data is not None:
-        if a.variant != "paths":
-            raise CLIError("--data sets the path kernels' spectrum; it has no use with --variant paper", status=2)
+        if a.variant != "paths" or settings.variance == "forward":
+            raise CLIError("--data sets the path kernels' spectrum; it has no use with "
+                           + ("--variant paper" if a.variant != "paths" else "the forward kernels (--variance forward, "
+                              "the default for U(1))"), status=2)
         data = _load_ensemble(a.data)
         dth = data.metadata.get("theory") if isinstance(data.metadata.get("theory"), dict) else {}
         target = theory.to_dict()
-        other = [f"{k}={dth.get(k)}" for k in ("kappa", "lam") if dth.get(k) != target.get(k)]
+        couplings = [k for k in target if k not in ("L", "d")]
+        other = [f"{k}={dth.get(k)}" for k in couplings if dth.get(k) != target.get(k)]
         if other:
-            raise CLIError(f"--data {a.data} was made at {', '.join(other)}; the chain targets kappa={target.get('kappa')} "
-                           f"lam={target.get('lam')}: give training data of the target theory", status=2)
+            raise CLIError(f"--data {a.data} was made at {', '.join(other)}; the chain targets "
+                           + " ".join(f"{k}={target[k]}" for k in couplings)
+                           + ": give training data of the target theory", status=2)
         if len(data) < 2 or not np.any(data.configs):
             raise CLIError(f"--data {a.data} holds {len(data)} configuration(s)"
                            + (" that are all zero" if len(data) >= 2 else "")
@@ -734,11 +828,13 @@ def cmd_dmmc(a) -> int:
                          **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                             for k, v in s.items() if k != "variant"})
     save_ensemble(a.out, res.configs, meta, overwrite=a.force)
-    tau = s["tau_int_absM"]
+    key = s["tau_observable"]
+    tau = s[f"tau_int_{key}"]
     print(f"wrote a chain of {a.n} configurations to {a.out}: acceptance {s['acceptance']:.3f} "
-          f"(erfc(s/2) = {s['predicted_acceptance']:.3f}), tau_int(|M|) = "
-          + (f"{tau:.1f} +- {s['tau_int_absM_error']:.1f}" if np.isfinite(tau)
-             else "unmeasurable (no move)" if tau == float("inf") else "unmeasurable (fewer than 5 configurations)")
+          f"(erfc(s/2) = {s['predicted_acceptance']:.3f}), tau_int({'|M|' if key == 'absM' else key}) = "
+          + (f"{tau:.1f} +- {s[f'tau_int_{key}_error']:.1f}" if np.isfinite(tau)
+             else "unmeasurable (no move)" if tau == float("inf")
+             else "unmeasurable (constant along the chain, or fewer than 5 configurations)")
           + ("" if s["exact"] else "; the paper's recipe: the chain does not sample e^-S exactly"), file=sys.stderr)
     return 0
 

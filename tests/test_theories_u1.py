@@ -293,3 +293,51 @@ def test_exact_sampler_reproduces_the_exact_solution(L, beta):
         assert abs(o.mean() - want) < 4 * o.std() / math.sqrt(len(o)), (o.mean(), want)
     assert torch.equal(th.exact_sample(5, torch.Generator().manual_seed(3)),
                        th.exact_sample(5, torch.Generator().manual_seed(3)))
+
+
+def _cli(capsys, *args):
+    """``python -m lib ARGS`` in this process (lib.cli.main): status, stdout and stderr."""
+    from types import SimpleNamespace
+
+    from lib.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
+def test_command_line_runs_u1_from_hmc_to_an_exact_chain(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DMSQ_CACHE", str(tmp_path / "cache"))
+    run = lambda *a: _cli(capsys, *a)  # noqa: E731
+    r = run("hmc", "--theory", "u1", "--L", "8", "--beta", "1.5", "--n-configs", "128", "--seed", "2", "--out",
+            "tr.npz", "--n-burnin", "40", "--n-spacing", "4", "--eps", "0.1", "--n-steps", "10", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run("observables", "tr.npz", "--json")
+    out = json.loads(r.stdout)
+    th = U1Gauge(8, 1.5)
+    assert out["exact"]["chi_top"] == pytest.approx(th.exact_chi_top())
+    assert abs(out["plaquette"][0] - th.exact_plaquette()) < 4 * out["plaquette"][1]
+    assert {"Q", "Q2", "chi_top"} <= set(out) and out["sampler"] == "hmc"
+    r = run("train", "tr.npz", "--out", "m.pt", "--seed", "0", "--epochs", "2", "--channels", "4,4,4,4",
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run("dmmc", "m.pt", "--n", "64", "--seed", "3", "--out", "c.npz", "--steps", "10", "--no-progress")
+    assert r.returncode == 0 and "tau_int(Q)" in r.stderr, r.stderr
+    assert json.loads(run("observables", "c.npz", "--json").stdout)["sampler"] == "dm-mc"
+    # bad combinations end in one line, with status 2
+    for args, match in ((("hmc", "--theory", "u1", "--L", "8", "--beta", "1", "--kappa", "0.2"), "--kappa"),
+                        (("hmc", "--theory", "u1", "--L", "8"), "--beta"),
+                        (("hmc", "--L", "8", "--kappa", "0.2", "--lam", "0.02", "--beta", "1"), "--beta"),
+                        (("ensemble", "--theory", "u1", "--L", "8", "--beta", "1", "--algorithm", "fa-hmc"), "fa-hmc"),
+                        (("ensemble", "--theory", "u1", "--L", "7", "--beta", "1", "--algorithm", "metropolis"),
+                         "even"),
+                        (("train", "tr.npz", "--out", "z.pt", "--seed", "0", "--zero-mode-head"), "zero-mode-head"),
+                        (("dmmc", "m.pt", "--n", "8", "--seed", "1", "--out", "e.npz", "--data", "tr.npz"), "forward")):
+        extra = () if args[0] not in ("hmc", "ensemble") else ("--n-configs", "4", "--seed", "1", "--out", "x.npz")
+        r = run(*args, *extra)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and match in lines[0], (args, r.stderr)

@@ -125,6 +125,24 @@ def summary(configs, n_blocks: int | None = None) -> dict:
     }
 
 
+def gauge_summary(theory, configs, n_blocks: int | None = None) -> dict:
+    """For U(1) link configurations (:class:`lib.theories.U1Gauge`): the plaquette ⟨cos θ_P⟩, ⟨Q⟩,
+    ⟨Q²⟩ and χ_top = ⟨Q²⟩/V, each as ``(value, jackknife error)`` (``n_blocks`` as in :func:`summary`)."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(configs), dtype=torch.float64)
+    plaq = theory.plaquette(x).numpy()
+    q = theory.topological_charge(x).numpy()
+    V = theory.n_plaquettes
+    return {
+        "plaquette": jackknife(np.mean, plaq, n_blocks=n_blocks),
+        "Q": jackknife(np.mean, q, n_blocks=n_blocks),
+        "Q2": jackknife(lambda v: np.mean(v * v), q, n_blocks=n_blocks),
+        "chi_top": jackknife(lambda v: np.mean(v * v) / V, q, n_blocks=n_blocks),
+        "n_configs": int(len(q)),
+    }
+
+
 def two_point(configs) -> np.ndarray:
     r"""Connected two-point function G(x) = (1/V) Σ_y ⟨φ(y)φ(y+x)⟩ − ⟨M⟩², averaged over the
     ensemble and computed with FFTs from G̃(p) = ⟨|φ̃(p)|²⟩/V. Returns an array of the lattice shape."""

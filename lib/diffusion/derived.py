@@ -39,7 +39,7 @@ def _trained_theory(state: dict, shape) -> dict:
     """The theory a checkpoint's model was trained on, with L set to the lattice ``shape``."""
     theory = dict(state["metadata"].get("training_ensemble", {}).get("theory") or {"name": "field"})
     if "L" in theory:
-        theory["L"] = int(shape[0])
+        theory["L"] = int(shape[-1])
     return theory
 
 
@@ -225,9 +225,13 @@ def cached_dm_path_proposals(checkpoint, n: int, seed: int, settings: PathSettin
     positive_int("n", n)
     model, state = load_model(checkpoint, device=device, ema=settings.ema)
     shape = check_lattice(model, state["metadata"], tuple(theory.lattice_shape))
-    spectrum = torch.as_tensor(spectrum, dtype=torch.float64)
+    if settings.variance == "forward":  # the kernels need no spectrum (lib.diffusion.paths.VARIANCES)
+        spectrum, spectrum_id = None, None
+    else:
+        spectrum = torch.as_tensor(spectrum, dtype=torch.float64)
+        spectrum_id = array_hash(spectrum)
     request = _derived_request(model, state, theory.to_dict(), "dm-path", settings, seed, n_configs=int(n),
-                               spectrum=array_hash(spectrum), lattice_shape=list(shape))
+                               spectrum=spectrum_id, lattice_shape=list(shape))
 
     def compute(first, keep):
         dm_path_proposals(model, n - first, seed, settings, theory=theory, spectrum=spectrum,

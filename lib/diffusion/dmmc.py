@@ -31,6 +31,7 @@ from ..mcmc.independence import IndependenceChain, independence_chain
 from ..rng import check_seed, stream_seed
 from ..runtime import resolve_device
 from ..settings import Settings, bounded_float, choice, positive_int, setting
+from .paths import VARIANCES
 
 CHAIN_DOMAIN = "dm-mc"
 PROPOSAL_DOMAIN = "dm-mc-proposals"  # the paper variant's EM proposals: never the draws of `sample` with the same seed
@@ -52,8 +53,9 @@ class DMMCSettings(Settings):
                            choices=("paths", "paper"))
     n_steps: int = setting(100, doc="reverse steps per proposal (100 for paths; the paper variant takes 500 unless "
                                     "given)")
-    variance: str = setting("propagator", doc="the path kernels' variances: per momentum mode, or per site",
-                            choices=("propagator", "isotropic"))
+    variance: str = setting("propagator", doc="the path kernels' variances: per momentum mode, per site, or the "
+                                              "forward kernel's (for U(1) angles)",
+                            choices=VARIANCES)
     n_probes: int = setting(10, doc="Hutchinson probes of the paper's log q")
     rtol: float = setting(1e-5, doc="tolerance of the ODE for the paper's log q")
 
@@ -62,7 +64,7 @@ class DMMCSettings(Settings):
         positive_int("n_steps", self.n_steps)
         if self.n_steps < 2:
             raise ValueError(f"n_steps must be >= 2, got {self.n_steps}")
-        choice("variance", self.variance, ("propagator", "isotropic"))
+        choice("variance", self.variance, VARIANCES)
         positive_int("n_probes", self.n_probes)
         self._set("rtol", bounded_float("rtol", self.rtol, 1e-14, 1.0, "a relative tolerance"))
 
@@ -108,18 +110,20 @@ def kish_ess(log_w) -> float:
 def theory_of_checkpoint(state: dict, lattice_shape=None):
     """The theory a checkpoint's model was trained on (from its training ensemble's metadata), as
     an object with an action; L replaced by ``lattice_shape`` when given. Refused in one line when
-    the checkpoint does not record a φ⁴ theory."""
-    from ..theories import Phi4
+    the checkpoint records no lattice theory (φ⁴ or U(1))."""
+    import dataclasses
+
+    from ..theories import theory_from_dict
 
     meta = state.get("metadata", {})
     th = dict((meta.get("training_ensemble") or {}).get("theory") or meta.get("theory") or {})
-    if th.get("name") != "phi4":
-        raise ValueError("the checkpoint does not record a φ⁴ training ensemble (theory "
+    if th.get("name") not in ("phi4", "u1"):
+        raise ValueError("the checkpoint does not record a φ⁴ or U(1) training ensemble (theory "
                          f"{th.get('name', 'unknown')!r}); DM-MC needs the action of the theory")
-    kw = {k: th[k] for k in ("L", "kappa", "lam", "d") if k in th}
+    theory = theory_from_dict(th)
     if lattice_shape is not None:
-        kw["L"] = int(lattice_shape[0])
-    return Phi4(**kw)
+        theory = dataclasses.replace(theory, L=int(lattice_shape[-1]))
+    return theory
 
 
 def model_spectrum(checkpoint, seed: int, n: int = 256, *, theory=None, batch_size: int = 256, device=None,
@@ -146,13 +150,14 @@ class DMMCProposals:
     :class:`lib.storage.Ensemble`), ``log_weight`` w = log p − log q up to a constant (paths: the
     exact path-space weight; paper: −S − log q with the ODE's Hutchinson log q), ``action`` S of
     each proposal, ``log_q`` (the paper variant's, else None) and ``nfe`` (network evaluations per
-    proposal)."""
+    proposal), and the ``theory`` they are weighed for."""
 
     proposals: object
     log_weight: np.ndarray
     action: np.ndarray
     log_q: np.ndarray | None
     nfe: float
+    theory: object = None
 
     @property
     def configs(self) -> np.ndarray:
@@ -190,7 +195,7 @@ def dm_mc_proposals(checkpoint, n: int, seed: int, settings: DMMCSettings | None
     if settings.variant == "paths":
         from .paths import PathSettings
 
-        if spectrum is None:
+        if spectrum is None and settings.variance != "forward":
             spectrum = model_spectrum(checkpoint, seed, theory=theory, batch_size=batch_size, device=device,
                                       cache_dir=cache_dir)
         props = cached_dm_path_proposals(checkpoint, n, seed, PathSettings(n_steps=settings.n_steps,
@@ -212,7 +217,7 @@ def dm_mc_proposals(checkpoint, n: int, seed: int, settings: DMMCSettings | None
         log_q = lq[:, 0]
         log_w = -action - log_q
         nfe = settings.n_steps + float(np.mean(lq[:, 1]))
-    return DMMCProposals(props, log_w, action, log_q, nfe)
+    return DMMCProposals(props, log_w, action, log_q, nfe, theory)
 
 
 def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = None, *, theory=None, spectrum=None,
@@ -248,13 +253,19 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
     from scipy.special import erfc
 
     summary["predicted_acceptance"] = float(erfc(summary["robust_spread"] / 2))
-    absm = abs_magnetisation(configs)
-    if np.ptp(absm) > 0 and n >= 5:  # the Γ-method needs at least five measurements
-        ac = autocorrelation(absm, name="dm-mc")
-        summary.update(tau_int_absM=float(ac.tau_int), tau_int_absM_error=float(ac.tau_int_error))
-    else:  # the chain never moved (τ_int is at least n), or it is too short to measure
-        summary.update(tau_int_absM=float("inf") if np.ptp(absm) == 0 else float("nan"),
-                       tau_int_absM_error=float("nan"))
+    # τ_int of the observable that decorrelates slowest: |M| for φ⁴, the topological charge for U(1)
+    if hasattr(got.theory, "topological_charge"):
+        key, series = "Q", got.theory.topological_charge(torch.as_tensor(configs)).numpy()
+    else:
+        key, series = "absM", abs_magnetisation(configs)
+    moved = np.ptp(np.asarray(props.configs)[chain.index].reshape(n, -1), axis=0).any()
+    summary["tau_observable"] = key
+    if np.ptp(series) > 0 and n >= 5:  # the Γ-method needs at least five measurements
+        ac = autocorrelation(series, name="dm-mc")
+        summary.update({f"tau_int_{key}": float(ac.tau_int), f"tau_int_{key}_error": float(ac.tau_int_error)})
+    else:  # constant (the chain never moved: τ_int ≥ n, or one sector only), or too short to measure
+        summary.update({f"tau_int_{key}": float("inf") if not moved else float("nan"),
+                        f"tau_int_{key}_error": float("nan")})
     if summary["n_accepted"] == 0:
         import warnings
 

@@ -70,6 +70,10 @@ class TorusVESDE(VESDE):
 
     name = "ve-torus"
 
+    def canonical(self, x: torch.Tensor) -> torch.Tensor:
+        """Angles wrapped to [−π, π) (the torus point a covering-space sample stands for)."""
+        return x - TWO_PI * torch.floor((x + math.pi) / TWO_PI)
+
     def prior_logp(self, x: torch.Tensor) -> torch.Tensor:
         """log WN(x; 0, Ξ(T)) summed over all but the batch axis ((2π)^{−n} for σ ≫ 2π)."""
         var = float(self.prior_std()) ** 2

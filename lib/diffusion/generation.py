@@ -76,7 +76,7 @@ def generate(model, n: int, seed: int, settings: SampleSettings | None = None, *
                      record_times=record_times if b == 0 else None)
         if b == 0:
             records = {t: norm.inverse(v.double()).cpu() for t, v in res.records.items()}
-        x = norm.inverse(res.x.double()).cpu()
+        x = model.sde.canonical(norm.inverse(res.x.double())).cpu()
         out.append(x)
         if on_batch is not None:
             on_batch(start, x)
@@ -196,7 +196,7 @@ def dm_path_proposals(model, n: int, seed: int, settings: PathSettings | None = 
         streams = SampleStreams(PATH_DOMAIN, seed, start, nb, device)
         res = path_sample(model, model.sde, (nb, *shape), settings, spectrum=spectrum, noise=streams, device=device,
                           dtype=dtype, progress_bar=progress_bar and len(starts) == 1)
-        phi = norm.inverse(res.x)
+        phi = model.sde.canonical(norm.inverse(res.x))
         log_w = (-theory.action(phi) - jacobian + res.log_path).cpu()
         out.append(phi.cpu()), weights.append(log_w)
         if on_batch is not None:

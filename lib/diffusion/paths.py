@@ -22,7 +22,8 @@ The kernels here, for the VE SDE, between noise variances Ξ_k > Ξ_{k+1} (Δ = 
   with the exact score; the variance is the Gaussian posterior's, per momentum mode,
   v_k(p) = Δ (C(p) + Ξ_{k+1}) / (C(p) + Ξ_k), with C(p) the data's power spectrum
   (``variance="propagator"``) or its average, the site variance (``"isotropic"``). For a Gaussian
-  field with the exact score, Q is the exact posterior and W = p_T(x_0)/π(x_0).
+  field with the exact score, Q is the exact posterior and W = p_T(x_0)/π(x_0). With
+  ``variance="forward"``, v_k = Δ (C → ∞; for angles, :mod:`.gauge`).
 
 The last step goes to Ξ = 0, with noise (a deterministic denoise has no density).
 """
@@ -38,6 +39,12 @@ from ..runtime import progress
 from ..settings import bounded_float, Settings, choice, positive_float, positive_int, setting
 from .samplers import noise_levels
 from .sde import VPSDE
+
+
+#: The reverse kernels' variances: per momentum mode from the data's spectrum, per site from its
+#: mean, or the forward kernel's own Δ (the limit of an infinitely wide spectrum: the right choice for
+#: angles, whose lift to the covering space is flat on the scale of the noise).
+VARIANCES = ("propagator", "isotropic", "forward")
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class PathSettings(Settings):
         self._set("eps", eps)
         self._set("rho", bounded_float("rho", self.rho, 1.0, 100.0,
                                        "the exponent of the noise-level grid; Karras et al. use 7"))
-        choice("variance", self.variance, ("propagator", "isotropic"))
+        choice("variance", self.variance, VARIANCES)
         self._set("ema", bool(self.ema))
 
 
@@ -101,11 +108,20 @@ def _gauss_draw(z: torch.Tensor, var: torch.Tensor, dims) -> torch.Tensor:
     return torch.fft.ifftn(_modes(z, dims) * torch.sqrt(var), dim=dims).real
 
 
+def _kernel_variance(c, delta: float, lo: float, hi: float, shape, device=None) -> torch.Tensor:
+    """Per-mode variance of the reverse kernel Q: Δ (C + Ξ_{k+1})/(C + Ξ_k), or Δ where C is None."""
+    if c is None:
+        return torch.full(tuple(shape[1:]), delta, dtype=torch.float64, device=device)
+    return delta * (c + lo) / (c + hi)
+
+
 def _kernels(sde, settings: PathSettings, shape, spectrum, device):
     """The lattice dimensions, the kernels' per-mode scale C(p) and the noise variances Ξ_k of a
     path of ``settings`` for a batch of ``shape``; the SDE and the spectrum are checked."""
     if isinstance(sde, VPSDE):
         raise ValueError("path-space proposals are implemented for the VE SDE only")
+    if settings.variance == "forward":  # C = ∞: every mode's variance is Δ, no spectrum needed
+        return tuple(range(1, len(shape))), None, path_levels(sde, settings).to(device)
     c = torch.as_tensor(spectrum, dtype=torch.float64, device=device)
     if tuple(c.shape) != tuple(shape[1:]) or not bool((c > 0).all()):
         raise ValueError(f"spectrum must be positive with the lattice shape {tuple(shape[1:])}, got {tuple(c.shape)}")
@@ -135,10 +151,10 @@ def path_sample(score_fn, sde, shape, settings: PathSettings | None = None, *, s
         t = sde.time_of_noise_level(torch.tensor(math.sqrt(hi), dtype=torch.float64))
         tb = torch.full((shape[0],), float(t), dtype=dtype, device=x.device)
         mean = x + delta * score_fn(x.to(dtype), tb).to(torch.float64)
-        var = delta * (c + lo) / (c + hi)
+        var = _kernel_variance(c, delta, lo, hi, shape, x.device)
         x_new = mean + _gauss_draw(normal(noise, shape, device=device, dtype=torch.float64), var, dims)
         log_path -= _gauss_logp(x_new - mean, var, dims)                      # − log Q(x_{k+1} | x_k)
-        log_path += _gauss_logp(x - x_new, torch.full_like(c, delta), dims)   # + log F(x_k | x_{k+1})
+        log_path += _gauss_logp(x - x_new, torch.full_like(var, delta), dims)  # + log F(x_k | x_{k+1})
         x = x_new
     return PathResult(x, log_path, len(xi) - 1, x_T)
 
@@ -179,9 +195,9 @@ def path_refresh(score_fn, sde, x_end: torch.Tensor, settings: PathSettings | No
         hi, lo = float(xi[k]), float(xi[k + 1])
         delta = hi - lo
         mean = xs[k] + delta * scores[k * shape[0]:(k + 1) * shape[0]]
-        var = delta * (c + lo) / (c + hi)
+        var = _kernel_variance(c, delta, lo, hi, shape, device)
         log_path -= _gauss_logp(xs[k + 1] - mean, var, dims)
-        log_path += _gauss_logp(xs[k] - xs[k + 1], torch.full_like(c, delta), dims)
+        log_path += _gauss_logp(xs[k] - xs[k + 1], torch.full_like(var, delta), dims)
     return PathResult(x_end, log_path, n, xs[0])
 
 

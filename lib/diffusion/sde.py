@@ -108,6 +108,11 @@ class VESDE:
         """Draw from the prior N(0, Ξ(T))."""
         return self.prior_std() * torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
+    def canonical(self, x: torch.Tensor) -> torch.Tensor:
+        """The field a sample in the process's space stands for (itself here; angles mod 2π for
+        :class:`lib.diffusion.gauge.TorusVESDE`)."""
+        return x
+
     def prior_logp(self, x: torch.Tensor) -> torch.Tensor:
         """log N(x; 0, Ξ(T)) summed over all but the batch axis."""
         s2 = self.prior_std() ** 2

@@ -40,4 +40,18 @@ class Theory(Protocol):
     def to_dict(self) -> dict: ...
 
 
-__all__ = ["Theory", "ToyModel", "Phi4", "GaussianMixture", "GaussianField", "U1Gauge"]
+def theory_from_dict(d: dict):
+    """The lattice theory an ensemble's or checkpoint's metadata names (``to_dict()`` of
+    :class:`Phi4` or :class:`U1Gauge`); refused in one line otherwise."""
+    if not isinstance(d, dict) or d.get("name") not in ("phi4", "u1"):
+        name = d.get("name") if isinstance(d, dict) else None
+        raise ValueError(f"no lattice theory recorded (theory {name!r}); expected 'phi4' or 'u1'")
+    try:
+        if d["name"] == "u1":
+            return U1Gauge(L=d["L"], beta=d["beta"])
+        return Phi4(**{k: d[k] for k in ("L", "kappa", "lam", "d") if k in d})
+    except KeyError as e:
+        raise ValueError(f"the recorded {d['name']} theory lacks {e.args[0]!r}") from None
+
+
+__all__ = ["theory_from_dict", "Theory", "ToyModel", "Phi4", "GaussianMixture", "GaussianField", "U1Gauge"]
