@@ -341,3 +341,34 @@ def test_command_line_runs_u1_from_hmc_to_an_exact_chain(tmp_path, monkeypatch, 
         r = run(*args, *extra)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and match in lines[0], (args, r.stderr)
+
+
+def test_conditioned_score_rescales_and_exact_ensembles_are_cached(tmp_path):
+    from lib.diffusion.gauge import ConditionedScore, GaussianPlaquetteScore, TorusVESDE
+    from lib.theories.u1 import cached_exact_ensemble
+
+    base = GaussianPlaquetteScore(TorusVESDE(25.0), beta=2.0).double()
+    x = U1Gauge(4, 2.0).random_links(3, torch.Generator().manual_seed(0))
+    t = torch.full((3,), 1e-9, dtype=torch.float64)
+    moved = ConditionedScore(base, 2.0, 5.0)
+    assert torch.allclose(moved(x, t), U1Gauge(4, 5.0).drift(x), atol=1e-6)  # exact at t → 0
+    with pytest.raises(ValueError):
+        ConditionedScore(base, 0.0, 1.0)
+    th = U1Gauge(4, 2.0)
+    a = cached_exact_ensemble(th, 16, seed=3, cache_dir=tmp_path, verbose=False)
+    b = cached_exact_ensemble(th, 16, seed=3, cache_dir=tmp_path, verbose=False)
+    assert a.metadata["sampler"] == "exact" and np.array_equal(a.configs, b.configs)
+    assert len(list(tmp_path.glob("u1-exact-*.npz"))) == 1
+
+
+def test_charge_autocorrelation_reports_frozen_chains():
+    from lib.analysis.stats import charge_autocorrelation
+
+    frozen = np.zeros((50, 3))
+    frozen[:, 1] = 1
+    r = charge_autocorrelation(frozen)
+    assert r["frozen"] and r["tau"] == math.inf and r["changes"] == 0 and r["n"] == 50
+    rng = np.random.default_rng(0)
+    moving = rng.integers(-2, 3, size=(400, 3))  # independent draws: τ_int = 1/2
+    r = charge_autocorrelation(moving)
+    assert not r["frozen"] and abs(r["tau"] - 0.5) < 4 * r["error"] + 0.05

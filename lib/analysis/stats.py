@@ -5,6 +5,7 @@ pyerrors (U. Wolff, Comput. Phys. Commun. 156 (2004) 143).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,24 @@ class Autocorrelation:
     def __str__(self):
         return (f"mean = {self.mean:.6g} ± {self.error:.2g}, tau_int = {self.tau_int:.3g} ± "
                 f"{self.tau_int_error:.2g} (window {self.window})")
+
+
+def charge_autocorrelation(series, S: float = 2.0, name: str = "Q") -> dict:
+    """τ_int of a topological charge (or any integer observable) over chains ``(n, chains)``: the
+    Γ-method of :func:`autocorrelation` where every chain changes it at least once; otherwise the
+    chains are frozen and only the bound τ_int ≥ n/2 is known (a chain that never leaves its sector
+    in n updates has not shown any decorrelation). Returns ``tau``, ``error`` (inf and nan when
+    frozen), ``frozen``, ``changes`` (the number of updates that changed the value, all chains) and
+    ``n`` (updates per chain)."""
+    x = np.asarray(series, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    changes = int((np.diff(x, axis=0) != 0).sum())
+    n = x.shape[0]
+    if np.any(np.ptp(x, axis=0) == 0):
+        return {"tau": math.inf, "error": math.nan, "frozen": True, "changes": changes, "n": n}
+    ac = autocorrelation([x[:, i] for i in range(x.shape[1])], S=S, name=name)
+    return {"tau": ac.tau_int, "error": ac.tau_int_error, "frozen": False, "changes": changes, "n": n}
 
 
 def autocorrelation(series, S: float = 2.0, name: str = "chain") -> Autocorrelation:

@@ -172,5 +172,24 @@ class GaussianPlaquetteScore(ScoreModel):
 NETWORKS["u1-gaussian-plaquette"] = GaussianPlaquetteScore
 
 
-__all__ = ["TorusVESDE", "PlaquetteScoreNet", "GaussianPlaquetteScore", "plaquette_angles", "plaquette_to_links", "wrapped_normal_logpdf",
+class ConditionedScore(nn.Module):
+    r"""Physics conditioning (arXiv:2502.05504): a score model trained at β used at β′ by rescaling,
+
+    .. math:: s_{β′}(x, t) = \frac{β′}{β}\, s_β(x, t),
+
+    exact at t → 0, where the score is the force −∂S/∂θ ∝ β, and an approximation at larger t (the
+    noise does not scale with β). Wraps ``model`` (its ``sde``, its parameters) for the samplers and
+    :func:`lib.diffusion.dm_path_proposals`; exact DM-MC weights remove what the approximation gets wrong."""
+
+    def __init__(self, model, beta_trained: float, beta: float):
+        super().__init__()
+        if not (beta_trained > 0 and beta >= 0 and math.isfinite(beta) and math.isfinite(beta_trained)):
+            raise ValueError(f"need beta_trained > 0 and beta >= 0, got {beta_trained!r}, {beta!r}")
+        self.model, self.sde, self.factor = model, model.sde, float(beta) / float(beta_trained)
+
+    def forward(self, x, t):
+        return self.factor * self.model(x, t)
+
+
+__all__ = ["ConditionedScore", "TorusVESDE", "PlaquetteScoreNet", "GaussianPlaquetteScore", "plaquette_angles", "plaquette_to_links", "wrapped_normal_logpdf",
            "wrapped_normal_score"]

@@ -399,6 +399,17 @@ def save_epoch_seconds(path, seconds: list) -> None:
     atomic_write(_times_path(path), lambda fh: fh.write(json.dumps([float(x) for x in seconds]).encode()))
 
 
+def load_epoch_seconds(path) -> list[float]:
+    """The wall-clock seconds per epoch of the training that wrote the checkpoint ``path`` (its
+    ``.times.json``), or ``[]`` where none was kept (a shipped model, a file copied alone)."""
+    import json
+
+    p = _times_path(path)
+    if not p.exists():
+        return []
+    return [float(x) for x in json.loads(p.read_text())]
+
+
 def load_checkpoint(path) -> dict:
     """Read a trainer checkpoint safely (no code in the file can run); a one-line error for a
     missing file, a foreign or damaged file, or a checkpoint of an earlier library version.

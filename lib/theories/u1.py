@@ -281,4 +281,21 @@ class U1Gauge:
         return self.exact_Q2() / self.n_plaquettes
 
 
-__all__ = ["U1Gauge", "von_mises", "wrap"]
+def cached_exact_ensemble(theory: U1Gauge, n: int, seed: int, *, cache_dir=None, verbose: bool = True):
+    """``n`` exact, independent U(1) configurations (:meth:`U1Gauge.exact_sample`, seeded by ``seed``)
+    through the ensemble cache: an :class:`lib.storage.Ensemble` with sampler ``"exact"``, usable
+    wherever an HMC ensemble is (training data, references)."""
+    from ..rng import check_seed, generator
+    from ..storage.cache import cached_ensemble
+    from ..storage.ensembles import make_metadata
+
+    seed = check_seed(seed)
+    request = make_metadata(theory, "exact", {"method": "rejection-sampled plaquettes"}, seed, n_configs=int(n))
+
+    def make():
+        return theory.exact_sample(int(n), generator(seed, "cpu")).numpy()
+
+    return cached_ensemble(request, make, verbose=verbose, cache_dir=cache_dir)
+
+
+__all__ = ["U1Gauge", "cached_exact_ensemble", "von_mises", "wrap"]
