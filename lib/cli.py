@@ -454,6 +454,13 @@ def cmd_train(a) -> int:
     replacing = a.force and a.out.exists()
     target = a.out.with_name(f".{a.out.name}.new.pt") if replacing else a.out
     times = lambda p: p.with_name(p.name + ".times.json")  # noqa: E731 - the per-epoch wall times beside it
+    # under torchrun (WORLD_SIZE > 1): data-parallel training, rank 0 the only one that writes
+    from .diffusion.training import init_distributed
+
+    rank, world = init_distributed(device)
+    if world > 1:
+        return _train_rank(a, configs, model, settings, seed, target, replacing, times, meta, validation, device,
+                           rank, world)
     with exclusive_lock(a.out, "checkpoint"):
         try:
             trainer = train_score_model(configs, model, settings, seed=seed, checkpoint=target, device=device,
@@ -475,6 +482,37 @@ def cmd_train(a) -> int:
             + ("; stopped early" if trainer.stopped_early else "") + ")") if trainer.validation_history else ""
     print(f"trained {trainer.epoch} epochs, final loss {trainer.history[-1]:.4g}{held}; checkpoint {a.out}",
           file=sys.stderr)
+    return 0
+
+
+def _train_rank(a, configs, model, settings, seed, target, replacing, times, meta, validation, device, rank: int,
+                world: int) -> int:
+    """One rank of ``torchrun --nproc-per-node N -m lib train ...``: every rank trains on its slice of
+    every global batch (lib.diffusion.Trainer with DistributedDataParallel); rank 0 alone holds the
+    lock, writes the checkpoint after every epoch and, with --force, replaces the old file at the end."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    from .diffusion import train_score_model
+    from .storage.cache import exclusive_lock
+
+    if settings.batch_size < world:
+        raise CLIError(f"--batch-size {settings.batch_size} is smaller than the {world} ranks: every rank needs a "
+                       "share of every batch", status=2)
+    lock = exclusive_lock(a.out, "checkpoint") if rank == 0 else contextlib.nullcontext()
+    with lock:
+        trainer = train_score_model(configs, model, settings, seed=seed, checkpoint=target, device=device,
+                                    metadata=dict(meta, world_size=world), progress_bar=not a.no_progress and rank == 0,
+                                    resume=a.resume, validation=validation)
+        if rank == 0 and replacing:
+            os.replace(times(target), times(a.out))
+            os.replace(target, a.out)
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        print(f"trained {trainer.epoch} epochs on {world} ranks, final loss {trainer.history[-1]:.4g}; "
+              f"checkpoint {a.out}", file=sys.stderr)
     return 0
 
 

@@ -233,8 +233,42 @@ class Trainer:
         self.best_epoch = 0
         self.best_weights: dict | None = None
         self.stopped_early = False
+        # data parallel (torchrun): every rank draws the global batches, times and noise from the same
+        # generator and computes the loss of its slice; DistributedDataParallel averages the gradients
+        self.rank, self.world = distributed_rank()
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
+            # unused parameters occur legitimately (a U-Net's 1×1 bottleneck at small L, where the
+            # normalised value is constant), so DDP is told to look for them
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
 
     # ------------------------------------------------------------------ training
+    def _batch_loss(self, x0: torch.Tensor):
+        """(loss to differentiate, the batch's summed loss for the record) of one global batch: in one
+        process the mean DSM loss (eq. 3.4); with ``world`` ranks, rank r takes the r-th contiguous slice
+        of the batch with the times and noise the single process would draw, and its loss is the slice's
+        sum × world / batch, so that the gradients DDP averages are those of the batch mean."""
+        st = self.settings
+        if self.ddp is None:
+            loss = dsm_loss(self.model, x0, generator=self.generator, eps=st.eps,
+                            zero_mode_weight=st.zero_mode_weight, t_sampling=st.t_sampling)
+            return loss, loss.detach() * x0.shape[0]
+        import torch.distributed as dist
+
+        n = x0.shape[0]
+        t = sample_times(self.model.sde, n, self.generator, st.eps, st.t_sampling, device=x0.device, dtype=x0.dtype)
+        z = torch.randn(x0.shape, generator=self.generator, device=x0.device, dtype=x0.dtype)
+        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        per = dsm_loss(self.model, x0[lo:hi], t=t[lo:hi], z=z[lo:hi], score_fn=self.ddp,
+                       zero_mode_weight=st.zero_mode_weight, reduction="none")
+        total = per.sum()
+        record = total.detach().clone()
+        dist.all_reduce(record)
+        return total * (self.world / n), record
+
     def train_epoch(self) -> float:
         self.model.train()
         st = self.settings
@@ -247,10 +281,9 @@ class Trainer:
                 sign = torch.randint(0, 2, (x0.shape[0],), generator=self.generator, device=self.device) * 2 - 1
                 x0 = x0 * per_sample(sign, x0)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
-                loss = dsm_loss(self.model, x0, generator=self.generator, eps=st.eps,
-                                zero_mode_weight=st.zero_mode_weight, t_sampling=st.t_sampling)
-            if not bool(torch.isfinite(loss)):
-                raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {self.epoch + 1} "
+                loss, batch_total = self._batch_loss(x0)
+            if not bool(torch.isfinite(batch_total)):
+                raise NonFiniteLoss(f"the training loss became {batch_total.item()} at epoch {self.epoch + 1} "
                                     f"(learning rate {st.lr:g} too large, or data out of range?); "
                                     f"the checkpoint keeps epoch {self.epoch}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -260,7 +293,7 @@ class Trainer:
             self.optimizer.step()
             if self.ema:
                 self.ema.update(self.model)
-            total += loss.item() * x0.shape[0]
+            total += batch_total.item()
             count += x0.shape[0]
         return total / count
 
@@ -270,7 +303,8 @@ class Trainer:
         epochs = self.settings.epochs if epochs is None else positive_int("epochs", epochs)
         if self.checkpoint is not None and self.checkpoint.exists() and self.epoch == 0 and self.resume:
             self._resume(self.checkpoint)
-        bar = progress(total=epochs, initial=min(self.epoch, epochs), desc="training", disable=not progress_bar,
+        bar = progress(total=epochs, initial=min(self.epoch, epochs), desc="training",
+                       disable=not progress_bar or self.rank != 0,
                        unit="epoch")
         while self.epoch < epochs and not self.stopped_early:
             t0 = time.perf_counter()
@@ -283,9 +317,13 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}", **({"held_out": f"{self.validation_history[-1]:.4g}"}
                                                    if self.validation_history else {}))
-            if self.checkpoint is not None:
+            if self.checkpoint is not None and self.rank == 0:  # one writer; every rank resumes from it
                 self.save(self.checkpoint)
         bar.close()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # the last checkpoint is written before any rank goes on
         return self.history
 
     def _validate(self) -> None:
@@ -367,6 +405,33 @@ class Trainer:
         m = copy.deepcopy(self.model)
         m.load_state_dict(self.ema.state_dict())
         return m
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in an initialised ``torch.distributed`` process group
+    (``torchrun``), or (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device) -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1):
+    ``nccl`` on CUDA (each rank on the GPU LOCAL_RANK), ``gloo`` on CPUs. Returns (rank, world)."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or (dist.is_available() and dist.is_initialized()):
+        return distributed_rank()
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return distributed_rank()
 
 
 def _resume_key(settings: TrainSettings, seed: int) -> dict:
