@@ -4,7 +4,7 @@ Commands
 --------
 hmc          generate an ensemble with the paper's HMC protocol and write it to an .npz file
 ensemble     the same with --algorithm hmc | fa-hmc | cluster | metropolis (defaults per algorithm)
-merge        merge the shards (--shard K/N of hmc, ensemble, sample) of one request into one ensemble
+merge        merge the shards (--shard K/N of hmc, ensemble, sample, dmmc) of one request into one ensemble
 observables  print ⟨M⟩, ⟨|M|⟩, χ₂, U_L (jackknife errors) of an ensemble file
 train        train a diffusion model (score network) on an ensemble; writes a checkpoint
 sample       generate an ensemble from a checkpoint (same file format as HMC ensembles)
@@ -229,11 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Euler-Maruyama; variant paper); implied by --variant")
     c.add_argument("--data", type=Path, default=None,
                    help="the training ensemble (.npz), for the kernels' spectrum (default: the model's own samples)")
+    c.add_argument("--shard", default=None, metavar="K/N",
+                   help="make only the proposals of the K-th of N contiguous ranges of the --n (written to --out "
+                        "with their weights; merge the N files with python -m lib merge, then run the chain "
+                        "with --proposals)")
+    c.add_argument("--proposals", type=Path, default=None,
+                   help="run the chain through these merged proposals (from --shard) instead of making them")
     c.add_argument("--batch-size", type=_positive_int, default=256)
     c.add_argument("--device", default="auto")
     c.add_argument("--force", action="store_true")
     c.add_argument("--no-progress", action="store_true")
-    mg = sub.add_parser("merge", help="merge the shards of one hmc, ensemble or sample request into one ensemble")
+    mg = sub.add_parser("merge", help="merge the shards of one hmc, ensemble, sample or dmmc request into one ensemble")
     mg.add_argument("out", type=Path, help="the merged ensemble (.npz)")
     mg.add_argument("shards", type=Path, nargs="+", help="the shards' files, in any order")
     mg.add_argument("--force", action="store_true", help="overwrite an existing output file")
@@ -852,10 +858,18 @@ def cmd_dmmc(a) -> int:
         spectrum = data_spectrum(data.configs, state["metadata"].get("normaliser"))
     import warnings
 
+    if a.shard is not None:
+        return _dmmc_shard(a, settings, seed, theory, spectrum, model, state, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        res = dm_mc_chain(a.checkpoint, a.n, seed, settings, theory=theory, spectrum=spectrum,
-                          batch_size=a.batch_size, device=device, progress_bar=not a.no_progress, verbose=False)
+        if a.proposals is not None:
+            from .diffusion.dmmc import chain_from_proposals
+
+            res = chain_from_proposals(_merged_proposals(a, settings, seed, theory, spectrum, model, state), seed,
+                                       settings)
+        else:
+            res = dm_mc_chain(a.checkpoint, a.n, seed, settings, theory=theory, spectrum=spectrum,
+                              batch_size=a.batch_size, device=device, progress_bar=not a.no_progress, verbose=False)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     s = res.summary
@@ -875,6 +889,74 @@ def cmd_dmmc(a) -> int:
              else "unmeasurable (constant along the chain, or fewer than 5 configurations)")
           + ("" if s["exact"] else "; the paper's recipe: the chain does not sample e^-S exactly"), file=sys.stderr)
     return 0
+
+
+def _proposal_request(settings, seed, theory, spectrum, model, state, n: int) -> dict:
+    """What the shards of one DM-MC proposal request share: theory, settings, seed, the model's
+    identity (weights, normaliser, training data), the kernels' spectrum and the number of proposals."""
+    from .diffusion.derived import model_identity
+    from .storage.ensembles import make_metadata
+    from .storage.files import array_hash
+
+    return make_metadata(theory, "dm-mc-proposals", settings, seed, n_proposals=int(n),
+                         model=model_identity(model, state),
+                         spectrum=None if spectrum is None else array_hash(spectrum))
+
+
+def _dmmc_shard(a, settings, seed, theory, spectrum, model, state, device) -> int:
+    """``dmmc --shard K/N``: the proposals of one range, with their log weights, as a shard file."""
+    from .diffusion.dmmc import dm_mc_proposal_range, model_spectrum
+    from .storage.ensembles import save_ensemble
+    from .storage.shards import parse_shard, shard_metadata, shard_range
+
+    if a.proposals is not None:
+        raise CLIError("--shard makes proposals and --proposals uses them: give one of the two", status=2)
+    try:
+        k, n_shards = parse_shard(a.shard)
+        first, stop = shard_range(a.n, k, n_shards)
+    except ValueError as e:
+        raise CLIError(str(e), status=2) from None
+    if spectrum is None and settings.variant == "paths" and settings.variance != "forward":
+        # the model's own spectrum is a function of the checkpoint and the seed: the same in every shard
+        spectrum = model_spectrum(a.checkpoint, seed, theory=theory, batch_size=a.batch_size, device=device)
+    got = dm_mc_proposal_range(a.checkpoint, a.n, seed, settings, first=first, stop=stop, theory=theory,
+                               spectrum=spectrum, batch_size=a.batch_size, device=device,
+                               progress_bar=not a.no_progress)
+    meta = _proposal_request(settings, seed, theory, spectrum, model, state, a.n)
+    meta.update(shard=shard_metadata(k, n_shards, first, stop, a.n, "configurations"), device=str(device),
+                log_weight=[float(v) for v in got.log_weight], nfe=[float(v) for v in got.nfe])
+    save_ensemble(a.out, got.proposals.numpy(), meta, overwrite=a.force)
+    print(f"wrote proposals {first}…{stop - 1} of {a.n} with their weights to {a.out} (shard {a.shard})",
+          file=sys.stderr)
+    return 0
+
+
+def _merged_proposals(a, settings, seed, theory, spectrum, model, state):
+    """The proposals of ``--proposals`` (merged shards), checked against this chain's request."""
+    import numpy as np
+    import torch
+
+    from .diffusion.dmmc import DMMCProposals
+
+    ens = _load_ensemble(a.proposals)
+    meta = ens.metadata
+    if meta.get("sampler") != "dm-mc-proposals" or "shard" in meta:
+        raise CLIError(f"--proposals {a.proposals} is not a merged set of DM-MC proposals (make them with dmmc "
+                       "--shard K/N and join the shards with python -m lib merge)", status=2)
+    if spectrum is None and settings.variant == "paths" and settings.variance != "forward":
+        spectrum = "unchecked"  # the shards' own (the model's samples): compared by hash below
+    want = _proposal_request(settings, seed, theory, None if spectrum in (None, "unchecked") else spectrum, model,
+                             state, a.n)
+    keys = ["theory", "settings", "seed", "model", "n_proposals"] + ([] if spectrum == "unchecked" else ["spectrum"])
+    diff = [k for k in keys if meta.get(k) != want.get(k)]
+    if diff:
+        raise CLIError(f"--proposals {a.proposals} were made for another chain (they differ in {', '.join(diff)}; "
+                       f"this chain: --n {a.n}, --seed {seed}, {a.checkpoint})", status=2)
+    x = torch.as_tensor(ens.configs)
+    log_w = np.asarray(meta["log_weight"], dtype=np.float64)
+    if len(log_w) != len(x):
+        raise CLIError(f"--proposals {a.proposals}: {len(x)} configurations but {len(log_w)} weights")
+    return DMMCProposals(x, log_w, theory.action(x.double()).numpy(), None, np.asarray(meta["nfe"]), theory)
 
 
 def cmd_paper_model(a) -> int:

@@ -249,3 +249,47 @@ def test_the_chain_and_the_ema_do_not_follow_the_default_device(monkeypatch):
     ema = EMA(torch.nn.Linear(3, 2, device="meta"))
     ema.load_state_dict(saved)
     assert all(v.device.type == "meta" for v in ema.shadow.values())
+
+
+@pytest.mark.parametrize("variant", ["paths", "paper"])
+def test_sharded_proposals_merge_to_the_unsharded_chain(tiny_model, tmp_path, monkeypatch, capsys, variant):
+    """dmmc --shard K/N makes one range of the proposals with their weights; merged, --proposals runs
+    the chain the unsharded command runs (to the network's round-off between batch sizes); proposals
+    of another request are refused in one line."""
+    from lib.cli import main
+    from lib.storage import load_ensemble
+
+    _, ens, ckpt, _ = tiny_model
+    monkeypatch.setenv("DMSQ_CACHE", str(tmp_path / "cache"))
+    common = ["--seed", "2", "--steps", "4", "--variant", variant, "--no-progress", "--batch-size", "8"]
+    if variant == "paths":
+        common += ["--data", str(ens.path)]
+    else:
+        common += ["--probes", "1", "--rtol", "1e-3"]
+    n = "24"
+
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        return code, capsys.readouterr().err
+
+    code, err = run("dmmc", ckpt, "--n", n, "--out", tmp_path / "whole.npz", *common)
+    assert code == 0, err
+    for k in range(3):
+        code, err = run("dmmc", ckpt, "--n", n, "--out", tmp_path / f"p{k}.npz", "--shard", f"{k}/3", *common)
+        assert code == 0, err
+    code, err = run("merge", tmp_path / "props.npz", *[tmp_path / f"p{k}.npz" for k in (2, 0, 1)])
+    assert code == 0, err
+    code, err = run("dmmc", ckpt, "--n", n, "--out", tmp_path / "sharded.npz", "--proposals", tmp_path / "props.npz",
+                    *common)
+    assert code == 0, err
+    whole, sharded = load_ensemble(tmp_path / "whole.npz"), load_ensemble(tmp_path / "sharded.npz")
+    np.testing.assert_allclose(sharded.configs, whole.configs, rtol=0, atol=1e-4)
+    assert sharded.metadata["n_accepted"] == whole.metadata["n_accepted"]
+    # proposals of another seed are not this chain's
+    code, err = run("dmmc", ckpt, "--n", n, "--out", tmp_path / "x.npz", "--proposals", tmp_path / "props.npz",
+                    *[c if c != "2" else "3" for c in common])
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and "seed" in err, err
+    # a single shard is not a merged set
+    code, err = run("dmmc", ckpt, "--n", n, "--out", tmp_path / "y.npz", "--proposals", tmp_path / "p0.npz", *common)
+    assert code == 2 and "merged" in err, err

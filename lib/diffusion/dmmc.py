@@ -220,33 +220,70 @@ def dm_mc_proposals(checkpoint, n: int, seed: int, settings: DMMCSettings | None
     return DMMCProposals(props, log_w, action, log_q, nfe, theory)
 
 
-def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = None, *, theory=None, spectrum=None,
-                batch_size: int = 256, likelihood_batch: int = 64, device=None, cache_dir=None,
-                progress_bar: bool = True, verbose: bool = True, **overrides) -> DMMCResult:
-    r"""Run a DM-MC chain of ``n`` proposals from the model in ``checkpoint`` (eq. 4.9): the
-    proposals of :func:`dm_mc_proposals` through an independence chain (:func:`lib.mcmc.independence_chain`)
-    whose uniforms come from (seed, "dm-mc").
-
-    ``theory`` defaults to the checkpoint's training theory; ``spectrum`` (paths only; the data's
-    power spectrum in network units, :func:`data_spectrum`) defaults to that of the model's own
-    samples (:func:`model_spectrum`). Proposals and their weights are cached under a key made of
-    the model's request, the settings, the spectrum's hash, n and the seed; finished batches are
-    kept, so an interrupted run resumes and gives the same chain.
-    """
-    from ..analysis.observables import abs_magnetisation
-    from ..analysis.stats import autocorrelation
+def dm_mc_proposal_range(checkpoint, n: int, seed: int, settings: DMMCSettings | None = None, *, first: int,
+                         stop: int, theory=None, spectrum=None, batch_size: int = 256, likelihood_batch: int = 64,
+                         device=None, progress_bar: bool = True, **overrides) -> DMMCProposals:
+    """Proposals ``first … stop − 1`` of the request (``n``, ``seed``, ``settings``) of
+    :func:`dm_mc_proposals`, computed directly (not cached): what shard K of N makes. Proposal i
+    draws from its own streams (seed, i), so these are the proposals — configurations, log q, log
+    weights — that the whole request has at these indices, up to the network's round-off between
+    batch sizes. ``proposals`` is then a plain tensor of the configurations, ``nfe`` per proposal."""
+    from .generation import dm_path_proposals, generate, model_log_likelihood
+    from .likelihood import LikelihoodSettings
+    from .models import check_lattice
+    from .paths import PathSettings
+    from .training import load_model
 
     settings = DMMCSettings.build(settings, **overrides)
     seed = check_seed(seed)
     positive_int("n", n)
+    if not (0 <= first < stop <= n):
+        raise ValueError(f"the range {first}…{stop - 1} is not a part of 0…{n - 1}")
+    device = resolve_device(device)
+    model, state = load_model(checkpoint, device=device)
+    if theory is None:
+        theory = theory_of_checkpoint(state)
+    shape = check_lattice(model, state["metadata"], tuple(theory.lattice_shape))
+    norm = state["metadata"].get("normaliser")
+    if settings.variant == "paths":
+        if spectrum is None and settings.variance != "forward":
+            raise ValueError("a shard of path proposals needs the kernels' spectrum (the model's own samples' "
+                             "depends on the whole request): pass spectrum=, or use variance='forward'")
+        x, log_w = dm_path_proposals(model, stop - first, seed, PathSettings(n_steps=settings.n_steps,
+                                                                               variance=settings.variance),
+                                     theory=theory, spectrum=spectrum, normaliser=norm, batch_size=batch_size,
+                                     device=device, first=first, progress_bar=progress_bar)
+        log_w = log_w.double().numpy()
+        action = theory.action(x.double()).numpy()
+        return DMMCProposals(x, log_w, action, None, np.full(len(x), float(settings.n_steps)), theory)
+    x, _ = generate(model, stop - first, seed, n_steps=settings.n_steps, lattice_shape=shape, normaliser=norm,
+                    batch_size=batch_size, device=device, first=first, domain=PROPOSAL_DOMAIN,
+                    progress_bar=progress_bar)
+    lik = LikelihoodSettings(rtol=settings.rtol, atol=settings.rtol, n_probes=settings.n_probes)
+    rows = []  # (log q, network evaluations of its batch) per proposal, as cached_log_likelihood keeps them
+    model_log_likelihood(model, x, seed, lik, normaliser=norm, batch_size=likelihood_batch, device=device,
+                         first=first, progress_bar=progress_bar,
+                         on_batch=lambda start, lq, nfe: rows.append(torch.stack([lq, torch.full_like(lq, float(nfe))],
+                                                                                 1)))
+    lq = torch.cat(rows).double().numpy()
+    action = theory.action(x.double()).numpy()
+    return DMMCProposals(x, -action - lq[:, 0], action, lq[:, 0], settings.n_steps + lq[:, 1], theory)
+
+
+def chain_from_proposals(got: DMMCProposals, seed: int, settings: DMMCSettings) -> DMMCResult:
+    """The independence chain (eq. 4.9) through given proposals, its uniforms from (seed, "dm-mc"),
+    and its summary (acceptance, the predicted acceptance erfc(s/2), τ_int of |M| or of Q, exactness)."""
+    from ..analysis.observables import abs_magnetisation
+    from ..analysis.stats import autocorrelation
+
+    props, log_w = got.proposals, np.asarray(got.log_weight, dtype=np.float64)
+    n = len(log_w)
     if n < 2:
         raise ValueError(f"a chain needs at least 2 proposals, got n = {n}")
-    got = dm_mc_proposals(checkpoint, n, seed, settings, theory=theory, spectrum=spectrum, batch_size=batch_size,
-                          likelihood_batch=likelihood_batch, device=device, cache_dir=cache_dir,
-                          progress_bar=progress_bar, verbose=verbose)
-    props, log_w, nfe = got.proposals, got.log_weight, got.nfe
     chain = independence_chain(log_w, chain_seed(seed))
-    configs = np.asarray(props.configs)[chain.index]
+    all_configs = np.asarray(props.configs if hasattr(props, "configs") else props)
+    configs = all_configs[chain.index]
+    nfe = float(np.mean(got.nfe))
     summary = {"variant": settings.variant, "exact": settings.exact, "n_proposals": int(n),
                "acceptance": chain.acceptance, "n_accepted": int(chain.accepted[1:].sum()),
                "robust_spread": robust_spread(log_w), "kish_ess": kish_ess(log_w), "nfe_per_proposal": nfe}
@@ -258,7 +295,7 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
         key, series = "Q", got.theory.topological_charge(torch.as_tensor(configs)).numpy()
     else:
         key, series = "absM", abs_magnetisation(configs)
-    moved = np.ptp(np.asarray(props.configs)[chain.index].reshape(n, -1), axis=0).any()
+    moved = np.ptp(configs.reshape(n, -1), axis=0).any()
     summary["tau_observable"] = key
     if np.ptp(series) > 0 and n >= 5:  # the Γ-method needs at least five measurements
         ac = autocorrelation(series, name="dm-mc")
@@ -271,8 +308,31 @@ def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = N
 
         warnings.warn(f"the DM-MC chain never moved: none of its {n - 1} proposals after the first was accepted "
                       "(its configurations are one configuration repeated); train the model longer or use "
-                      "the exact path variant with more steps", RuntimeWarning, stacklevel=2)
+                      "the exact path variant with more steps", RuntimeWarning, stacklevel=3)
     return DMMCResult(configs, chain, props, summary)
+
+
+def dm_mc_chain(checkpoint, n: int, seed: int, settings: DMMCSettings | None = None, *, theory=None, spectrum=None,
+                batch_size: int = 256, likelihood_batch: int = 64, device=None, cache_dir=None,
+                progress_bar: bool = True, verbose: bool = True, **overrides) -> DMMCResult:
+    r"""Run a DM-MC chain of ``n`` proposals from the model in ``checkpoint`` (eq. 4.9): the
+    proposals of :func:`dm_mc_proposals` through :func:`chain_from_proposals`.
+
+    ``theory`` defaults to the checkpoint's training theory; ``spectrum`` (paths only; the data's
+    power spectrum in network units, :func:`data_spectrum`) defaults to that of the model's own
+    samples (:func:`model_spectrum`). Proposals and their weights are cached under a key made of
+    the model's request, the settings, the spectrum's hash, n and the seed; finished batches are
+    kept, so an interrupted run resumes and gives the same chain.
+    """
+    settings = DMMCSettings.build(settings, **overrides)
+    seed = check_seed(seed)
+    positive_int("n", n)
+    if n < 2:
+        raise ValueError(f"a chain needs at least 2 proposals, got n = {n}")
+    got = dm_mc_proposals(checkpoint, n, seed, settings, theory=theory, spectrum=spectrum, batch_size=batch_size,
+                          likelihood_batch=likelihood_batch, device=device, cache_dir=cache_dir,
+                          progress_bar=progress_bar, verbose=verbose)
+    return chain_from_proposals(got, seed, settings)
 
 
 @dataclass
@@ -347,4 +407,5 @@ def hybrid_chain(score_fn, sde, theory, n_cycles: int, seed: int, *, n_chains: i
 
 
 __all__ = ["DMMCResult", "DMMCSettings", "HybridResult", "VARIANTS", "chain_seed", "dm_mc_chain", "hybrid_chain",
-           "kish_ess", "model_spectrum", "robust_spread", "theory_of_checkpoint"]
+           "kish_ess", "model_spectrum", "robust_spread", "theory_of_checkpoint", "chain_from_proposals",
+           "dm_mc_proposal_range"]

@@ -17,6 +17,8 @@ import numpy as np
 
 #: metadata that may differ between the shards of one request (where and how fast each ran)
 PER_RUN = ("shard", "device", "configs_sha256", "acceptance", "n_accepted", "n_configs", "batch_size")
+#: metadata with one entry per configuration (DM-MC proposals' weights and costs): joined in order
+PER_CONFIG = ("log_weight", "nfe")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -53,10 +55,10 @@ def merge(ensembles, per_configs: int = 1):
         if not isinstance(s, dict):
             raise ValueError(f"{e.path} is not a shard (its metadata has no 'shard' entry)")
         shards.append((s, e))
-    ref = {k: v for k, v in shards[0][1].metadata.items() if k not in PER_RUN}
+    ref = {k: v for k, v in shards[0][1].metadata.items() if k not in PER_RUN + PER_CONFIG}
     count, total = shards[0][0]["count"], shards[0][0]["total"]
     for s, e in shards:
-        mine = {k: v for k, v in e.metadata.items() if k not in PER_RUN}
+        mine = {k: v for k, v in e.metadata.items() if k not in PER_RUN + PER_CONFIG}
         if mine != ref:
             diff = sorted(k for k in set(mine) | set(ref) if mine.get(k) != ref.get(k))
             raise ValueError(f"{e.path} belongs to another request than {shards[0][1].path} (differs in "
@@ -67,6 +69,9 @@ def merge(ensembles, per_configs: int = 1):
         if len(e) != (s["stop"] - s["start"]) * per_configs:
             raise ValueError(f"{e.path} holds {len(e)} configurations, its shard range says "
                              f"{(s['stop'] - s['start']) * per_configs}")
+        for key in PER_CONFIG:
+            if key in e.metadata and len(e.metadata[key]) != len(e):
+                raise ValueError(f"{e.path} holds {len(e)} configurations but {len(e.metadata[key])} entries of {key}")
     seen = sorted(s["index"] for s, _ in shards)
     if len(set(seen)) != len(seen):
         dup = sorted({i for i in seen if seen.count(i) > 1})
@@ -87,8 +92,11 @@ def merge(ensembles, per_configs: int = 1):
         updates = st["n_burnin"] + st["n_spacing"] * st.get("n_per_chain", 1)
         meta["acceptance"] = sum(accepted) / (total * updates)
         meta["n_accepted"] = sum(accepted)
+    for key in PER_CONFIG:
+        if all(key in e.metadata for _, e in shards):
+            meta[key] = [v for _, e in shards for v in e.metadata[key]]
     meta["merged_from"] = len(shards)
     return configs, meta
 
 
-__all__ = ["parse_shard", "shard_range", "shard_metadata", "merge", "PER_RUN"]
+__all__ = ["parse_shard", "shard_range", "shard_metadata", "merge", "PER_RUN", "PER_CONFIG"]
