@@ -255,7 +255,7 @@ class Trainer:
         if self.ddp is None:
             loss = dsm_loss(self.model, x0, generator=self.generator, eps=st.eps,
                             zero_mode_weight=st.zero_mode_weight, t_sampling=st.t_sampling)
-            return loss, loss.detach() * x0.shape[0]
+            return loss, loss.detach().double() * x0.shape[0]  # as float64 arithmetic: the record of before
         import torch.distributed as dist
 
         n = x0.shape[0]
