@@ -198,3 +198,19 @@ def test_the_ensemble_command_records_its_algorithm_and_refuses_stray_options(tm
                         (("--algorithm", "fa-hmc", "--mass", 0), "mass"), (("--algorithm", "nope"), "invalid choice")):
         r = run(*args, "--out", tmp_path / "x.npz")
         assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and match in r.stderr, (args, r.stderr)
+
+
+@pytest.mark.parametrize("algorithm", ["hmc", "fa-hmc", "metropolis"])
+def test_sampler_cost_measures_the_free_field_and_prices_it(algorithm):
+    """lib.mcmc.sampler_cost on the free field: ⟨M²⟩ = χ/V exactly, within the Γ-method's error; the
+    rate is 1/(2 τ_int t) of what it measured."""
+    from lib.mcmc import sampler_cost
+
+    th = lib.Phi4(L=8, kappa=0.2, lam=0.0)
+    kw = {"metropolis": dict(delta=1.5)}.get(algorithm, dict(eps=0.1, n_steps=10))
+    r = sampler_cost(th, algorithm=algorithm, n_chains=8, n_therm=100, n_measure=1500, seed=3, **kw)
+    want = th.free_susceptibility() / th.volume
+    assert abs(r["M2"]["mean"] - want) < 4 * r["M2"]["error"], (r["M2"], want)
+    assert r["M2"]["error"] < 0.2 * want
+    assert r["absM"]["tau"] >= 0.5 and r["seconds"] > 0
+    assert r["M2"]["per_second"] == pytest.approx(1 / (2 * r["M2"]["tau"] * r["seconds"]))

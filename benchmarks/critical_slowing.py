@@ -1,0 +1,89 @@
+"""Critical slowing down at κ = 0.27, λ = 0.022 (the paper's near-critical point): τ_int of |M| and M²
+(Γ-method), seconds per update and effective samples per second for HMC, Fourier-accelerated HMC,
+embedded-cluster + HMC and local Metropolis against L, and the dynamical exponent z of each
+(τ_int ∝ L^z, a weighted fit of log τ against log L). Issue 25; chapter 9 sets DM-MC's cost per
+proposal against the best of these rates.
+
+    python benchmarks/critical_slowing.py [--quick] [--Ls 8,16,32,64] [--json OUT]
+
+One update is one trajectory of length 1 (ε = 0.1 × 10) for the HMC variants (the cluster update
+adds one Swendsen–Wang sign flip per trajectory) and one checkerboard sweep for Metropolis.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lib  # noqa: E402
+from lib.mcmc import sampler_cost  # noqa: E402
+from lib.runtime import hardware_summary  # noqa: E402
+
+ALGORITHMS = {"hmc": dict(eps=0.1, n_steps=10), "fa-hmc": dict(eps=0.1, n_steps=10, mass=1.0),
+              "cluster": dict(eps=0.1, n_steps=10, n_hmc=1), "metropolis": dict(delta=1.0)}
+
+
+def fit_z(Ls, taus, errors):
+    """Slope of log τ against log L (weights 1/σ² of log τ) and its error."""
+    x, y = np.log(Ls), np.log(taus)
+    w = (np.asarray(taus) / np.asarray(errors)) ** 2
+    W, Sx, Sy = w.sum(), (w * x).sum(), (w * y).sum()
+    Sxx, Sxy = (w * x * x).sum(), (w * x * y).sum()
+    den = W * Sxx - Sx * Sx
+    return (W * Sxy - Sx * Sy) / den, math.sqrt(W / den)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="L = 8, 16 and short chains (a smoke test)")
+    p.add_argument("--Ls", default="8,16,32,64")
+    p.add_argument("--chains", type=int, default=16)
+    p.add_argument("--therm", type=int, default=500)
+    p.add_argument("--measure", type=int, default=4000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    Ls = [8, 16] if a.quick else [int(v) for v in a.Ls.split(",")]
+    n_therm, n_measure = (50, 400) if a.quick else (a.therm, a.measure)
+    device = torch.device("cpu")
+    print(hardware_summary(device))
+    rows, t0 = [], time.time()
+    for L in Ls:
+        theory = lib.Phi4(L=L, kappa=0.27, lam=0.022)
+        for alg, kw in ALGORITHMS.items():
+            r = sampler_cost(theory, algorithm=alg, n_chains=a.chains, n_therm=n_therm, n_measure=n_measure,
+                             seed=L, start="hot", device=device, **kw)
+            rows.append(r)
+            print(f"L={L:3d} {alg:10s} {r['seconds'] * 1e3:8.3f} ms/update  "
+                  f"tau|M| {r['absM']['tau']:7.1f} ± {r['absM']['tau_error']:5.1f}  "
+                  f"tauM2 {r['M2']['tau']:7.1f} ± {r['M2']['tau_error']:5.1f}  "
+                  f"|M| per s {r['absM']['per_second']:9.1f}", flush=True)
+    z = {}
+    for alg in ALGORITHMS:
+        mine = [r for r in rows if r["algorithm"] == alg and math.isfinite(r["absM"]["tau"])]
+        if len(mine) >= 2:
+            z[alg] = fit_z([r["L"] for r in mine], [r["absM"]["tau"] for r in mine],
+                           [r["absM"]["tau_error"] for r in mine])
+            print(f"z({alg}, |M|) = {z[alg][0]:.2f} ± {z[alg][1]:.2f}")
+    best = {L: max((r for r in rows if r["L"] == L), key=lambda r: r["absM"]["per_second"])["algorithm"] for L in Ls}
+    print("fastest per independent |M|: " + ", ".join(f"L={L}: {alg}" for L, alg in best.items()))
+    print(f"total {time.time() - t0:.0f} s")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"hardware": hardware_summary(device), "kappa": 0.27, "lam": 0.022,
+                                      "settings": ALGORITHMS, "n_chains": a.chains, "n_therm": n_therm,
+                                      "n_measure": n_measure, "rows": rows, "z_absM": z, "fastest": best},
+                                     indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
