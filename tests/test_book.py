@@ -91,6 +91,12 @@ CI_PARAMETERS: dict[str, dict] = {
         "TRAIN_STUDY_L": 8, "TRAIN_STUDY_CHANNELS": [8, 8, 8, 8], "TRAIN_STUDY_EPOCHS": [1, 2],
         "TRAIN_STUDY_N": 64, "GAP_TIMES": [0.05],
     },
+    "10_u1_gauge": {
+        "L": 4, "BETAS": [1.0, 3.0], "N_EXACT": 256, "N_CHAINS": 4, "N_THERM": 10, "N_MEASURE": 100,
+        "BETA_DM": 3.0, "N_TRAIN": 128, "CHANNELS": [4, 4], "EPOCHS": 1, "N_GEN": 32, "N_EM_STEPS": 10,
+        "MALA_STEPS": [0, 2], "N_PROPOSALS": 64, "PATH_STEPS": 5, "BETA_TRAIN": 1.0, "COND_BETAS": [3.0],
+        "GEN_BATCH": 64, "N_SCAN": 32,
+    },
 }
 
 # Wall-clock limit for one chapter under papermill, in seconds.
