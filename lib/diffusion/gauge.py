@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..theories.u1 import momenta_squared, plaquette_angles, plaquette_to_links, wrap
 from .networks import GaussianFourierEmbedding, NETWORKS, ScoreModel
 from .sde import SDES, VESDE
 
@@ -48,7 +49,7 @@ def wrapped_normal_logpdf(x: torch.Tensor, mean, var, n_terms: int = 12) -> torc
         m = torch.arange(1, n_terms + 1, dtype=x.dtype, device=x.device)
         series = 1 + 2 * (torch.exp(-0.5 * m * m * var[..., None]) * torch.cos(m * d[..., None])).sum(-1)
         return torch.log(series) - math.log(TWO_PI)
-    d = d - TWO_PI * torch.floor((d + math.pi) / TWO_PI)
+    d = wrap(d)
     k = torch.arange(-n_terms, n_terms + 1, dtype=x.dtype, device=x.device)
     e = -0.5 * (d[..., None] + TWO_PI * k) ** 2 / var[..., None]
     return torch.logsumexp(e, -1) - 0.5 * torch.log(TWO_PI * var)
@@ -72,7 +73,7 @@ class TorusVESDE(VESDE):
 
     def canonical(self, x: torch.Tensor) -> torch.Tensor:
         """Angles wrapped to [−π, π) (the torus point a covering-space sample stands for)."""
-        return x - TWO_PI * torch.floor((x + math.pi) / TWO_PI)
+        return wrap(x)
 
     def prior_logp(self, x: torch.Tensor) -> torch.Tensor:
         """log WN(x; 0, Ξ(T)) summed over all but the batch axis ((2π)^{−n} for σ ≫ 2π)."""
@@ -81,16 +82,6 @@ class TorusVESDE(VESDE):
 
 
 SDES["ve-torus"] = TorusVESDE
-
-
-def plaquette_angles(x: torch.Tensor) -> torch.Tensor:
-    """θ_P(x) = θ_0(x) + θ_1(x+0̂) − θ_0(x+1̂) − θ_1(x) of links ``(batch, 2, L, L)``."""
-    return x[:, 0] + torch.roll(x[:, 1], -1, 1) - torch.roll(x[:, 0], -1, 2) - x[:, 1]
-
-
-def plaquette_to_links(h: torch.Tensor) -> torch.Tensor:
-    """d^T h: the link field s_0(x) = h(x) − h(x−1̂), s_1(x) = h(x−0̂) − h(x) of a plaquette field h."""
-    return torch.stack([h - torch.roll(h, 1, 2), torch.roll(h, 1, 1) - h], dim=1)
 
 
 class PlaquetteScoreNet(ScoreModel):
@@ -130,12 +121,6 @@ class PlaquetteScoreNet(ScoreModel):
 NETWORKS["u1-plaquette"] = PlaquetteScoreNet
 
 
-def _p_hat_squared(L: int, device=None, dtype=torch.float64) -> torch.Tensor:
-    """p̂² = 4 sin²(p₀/2) + 4 sin²(p₁/2) on the L×L momenta 2πn/L (the spectrum of d d^T on plaquettes)."""
-    k = 4 * torch.sin(math.pi * torch.arange(L, device=device, dtype=dtype) / L) ** 2
-    return k[:, None] + k[None, :]
-
-
 class GaussianPlaquetteScore(ScoreModel):
     r"""An analytic, approximate score for U(1) (not in the paper): the plaquettes as a Gaussian field
     of variance 1/β per plaquette (the small-angle limit of the Wilson action), smeared by the link
@@ -164,7 +149,7 @@ class GaussianPlaquetteScore(ScoreModel):
             raise ValueError(f"GaussianPlaquetteScore expects links of shape (batch, 2, L, L), got {tuple(x.shape)}")
         xi = self.sde.Xi(t.double()).to(x.dtype)[:, None, None]
         b = self.beta.to(x.dtype)
-        kernel = b / (1 + b * xi * _p_hat_squared(x.shape[-1], x.device, x.dtype))
+        kernel = b / (1 + b * xi * momenta_squared(x.shape[-1], x.device, x.dtype))
         h = -torch.fft.ifft2(torch.fft.fft2(torch.sin(plaquette_angles(x))) * kernel).real
         return torch.sqrt(xi)[..., None] * plaquette_to_links(h)
 

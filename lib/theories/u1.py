@@ -43,6 +43,24 @@ def wrap(angle: torch.Tensor) -> torch.Tensor:
     return angle - TWO_PI * torch.floor((angle + math.pi) / TWO_PI)
 
 
+def plaquette_angles(theta: torch.Tensor) -> torch.Tensor:
+    """θ_P(x) = θ_0(x) + θ_1(x+0̂) − θ_0(x+1̂) − θ_1(x) of links ``(batch, 2, L, L)``, unwrapped (the map d)."""
+    t0, t1 = theta[:, 0], theta[:, 1]
+    return t0 + torch.roll(t1, -1, 1) - torch.roll(t0, -1, 2) - t1
+
+
+def plaquette_to_links(h: torch.Tensor) -> torch.Tensor:
+    """d^T h: the link field s_0(x) = h(x) − h(x−1̂), s_1(x) = h(x−0̂) − h(x) of a plaquette field h
+    ``(batch, L, L)`` (the Wilson force is d^T of −β sin θ_P)."""
+    return torch.stack([h - torch.roll(h, 1, 2), torch.roll(h, 1, 1) - h], dim=1)
+
+
+def momenta_squared(L: int, device=None, dtype=torch.float64) -> torch.Tensor:
+    """p̂² = 4 sin²(p₀/2) + 4 sin²(p₁/2) on the L×L momenta 2πn/L: the spectrum of d d^T on plaquettes."""
+    k = 4 * torch.sin(math.pi * torch.arange(L, device=device, dtype=dtype) / L) ** 2
+    return k[:, None] + k[None, :]
+
+
 def von_mises(kappa: float, shape, generator: torch.Generator | None = None, device=None,
               dtype=torch.float64) -> torch.Tensor:
     """Angles in (−π, π] from the von Mises density e^{κ cos θ}/2πI₀(κ) (Best & Fisher 1979, the
@@ -115,8 +133,7 @@ class U1Gauge:
     def plaquettes(self, theta: torch.Tensor) -> torch.Tensor:
         """θ_P(x) = θ_0(x) + θ_1(x+0̂) − θ_0(x+1̂) − θ_1(x), unwrapped, shape ``(batch, L, L)``."""
         check_batch(theta, self.lattice_shape)
-        t0, t1 = theta[:, 0], theta[:, 1]
-        return t0 + torch.roll(t1, -1, 1) - torch.roll(t0, -1, 2) - t1
+        return plaquette_angles(theta)
 
     def action(self, theta: torch.Tensor) -> torch.Tensor:
         """S = −β Σ_P cos θ_P per configuration."""
@@ -124,10 +141,7 @@ class U1Gauge:
 
     def drift(self, theta: torch.Tensor) -> torch.Tensor:
         """K = −∂S/∂θ: K_0(x) = −β[sin θ_P(x) − sin θ_P(x−1̂)], K_1(x) = −β[sin θ_P(x−0̂) − sin θ_P(x)]."""
-        s = torch.sin(self.plaquettes(theta))
-        k0 = -self.beta * (s - torch.roll(s, 1, 2))
-        k1 = -self.beta * (torch.roll(s, 1, 1) - s)
-        return torch.stack([k0, k1], dim=1)
+        return plaquette_to_links(-self.beta * torch.sin(self.plaquettes(theta)))
 
     def local_action(self, theta: torch.Tensor) -> torch.Tensor:
         """Per link, the action of the two plaquettes that contain it, shape of θ: for θ_0(x),
@@ -221,11 +235,9 @@ class U1Gauge:
         q = torch.round(plaq.sum(dim=1) / TWO_PI)  # the topological charge of the set
         plaq[:, -1] -= TWO_PI * q  # a lift that sums to zero and equals the angles mod 2π
         plaq = plaq.reshape(n, L, L)
-        k = 4 * torch.sin(math.pi * torch.arange(L, device=device, dtype=dtype) / L) ** 2
-        lap = k[:, None] + k[None, :]
+        lap = momenta_squared(L, device, dtype)
         lap[0, 0] = 1.0  # the zero mode is zero
-        g = torch.fft.ifft2(torch.fft.fft2(plaq) / lap).real
-        theta = torch.stack([g - torch.roll(g, 1, 2), torch.roll(g, 1, 1) - g], dim=1)  # d^T g
+        theta = plaquette_to_links(torch.fft.ifft2(torch.fft.fft2(plaq) / lap).real)  # d^T Δ⁻¹ θ̃_P
         hol = TWO_PI * torch.rand(n, 2, 1, 1, generator=generator, device=device, dtype=dtype)
         alpha = TWO_PI * torch.rand(n, L, L, generator=generator, device=device, dtype=dtype)
         return wrap(self.gauge_transform(theta + hol, alpha))
@@ -298,4 +310,5 @@ def cached_exact_ensemble(theory: U1Gauge, n: int, seed: int, *, cache_dir=None,
     return cached_ensemble(request, make, verbose=verbose, cache_dir=cache_dir)
 
 
-__all__ = ["U1Gauge", "cached_exact_ensemble", "von_mises", "wrap"]
+__all__ = ["U1Gauge", "cached_exact_ensemble", "momenta_squared", "plaquette_angles", "plaquette_to_links",
+           "von_mises", "wrap"]
