@@ -23,21 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lib  # noqa: E402
-from lib.mcmc import sampler_cost  # noqa: E402
+from lib.mcmc import dynamical_exponent, sampler_cost  # noqa: E402
 from lib.runtime import hardware_summary  # noqa: E402
 
 ALGORITHMS = {"hmc": dict(eps=0.1, n_steps=10), "fa-hmc": dict(eps=0.1, n_steps=10, mass=1.0),
               "cluster": dict(eps=0.1, n_steps=10, n_hmc=1), "metropolis": dict(delta=1.0)}
-
-
-def fit_z(Ls, taus, errors):
-    """Slope of log τ against log L (weights 1/σ² of log τ) and its error."""
-    x, y = np.log(Ls), np.log(taus)
-    w = (np.asarray(taus) / np.asarray(errors)) ** 2
-    W, Sx, Sy = w.sum(), (w * x).sum(), (w * y).sum()
-    Sxx, Sxy = (w * x * x).sum(), (w * x * y).sum()
-    den = W * Sxx - Sx * Sx
-    return (W * Sxy - Sx * Sy) / den, math.sqrt(W / den)
 
 
 def main(argv=None) -> int:
@@ -70,7 +60,7 @@ def main(argv=None) -> int:
     for alg in ALGORITHMS:
         mine = [r for r in rows if r["algorithm"] == alg and math.isfinite(r["absM"]["tau"])]
         if len(mine) >= 2:
-            z[alg] = fit_z([r["L"] for r in mine], [r["absM"]["tau"] for r in mine],
+            z[alg] = dynamical_exponent([r["L"] for r in mine], [r["absM"]["tau"] for r in mine],
                            [r["absM"]["tau_error"] for r in mine])
             print(f"z({alg}, |M|) = {z[alg][0]:.2f} ± {z[alg][1]:.2f}")
     best = {L: max((r for r in rows if r["L"] == L), key=lambda r: r["absM"]["per_second"])["algorithm"] for L in Ls}

@@ -47,10 +47,21 @@ def bond_probabilities(phi: torch.Tensor, kappa: float) -> list[torch.Tensor]:
     return out
 
 
-def cluster_labels(bonds: list[torch.Tensor]) -> torch.Tensor:
+def cluster_labels(bonds: list[torch.Tensor], method: str = "auto") -> torch.Tensor:
     """Connected components of the active bonds (``bonds[μ]``: boolean, the bond from x to x + μ̂):
-    every site gets the smallest flat index of its cluster, shape (n, L, ..., L), int64. Label
-    propagation along active bonds with pointer jumping, until nothing changes."""
+    every site gets the smallest flat index of its cluster, shape (n, L, ..., L), int64.
+
+    ``method``: ``"propagate"``, label propagation along active bonds with pointer jumping until
+    nothing changes (batched tensor operations on any device; the number of sweeps grows with the
+    length of the longest path inside a cluster, so the cost grows like L^{d+1} near criticality);
+    ``"graph"``, the connected components of the bond graph of all chains at once
+    (scipy.sparse.csgraph, a linear-time search in C on the CPU: tens of times faster at L = 64);
+    ``"auto"``: ``"graph"`` for tensors on the CPU, ``"propagate"`` elsewhere. Both give the same
+    labels, so a chain does not depend on the method."""
+    if method not in ("auto", "propagate", "graph"):
+        raise ValueError(f"method must be 'auto', 'propagate' or 'graph', got {method!r}")
+    if method == "graph" or (method == "auto" and bonds[0].device.type == "cpu"):
+        return _graph_labels(bonds)
     shape = bonds[0].shape
     n, v = shape[0], bonds[0][0].numel()
     labels = torch.arange(v, device=bonds[0].device).repeat(n, 1).reshape(shape)
@@ -66,6 +77,30 @@ def cluster_labels(bonds: list[torch.Tensor]) -> torch.Tensor:
         labels = flat.reshape(shape)
         if torch.equal(labels, old):
             return labels
+
+
+def _graph_labels(bonds: list[torch.Tensor]) -> torch.Tensor:
+    """:func:`cluster_labels` by scipy's connected components: one graph whose nodes are the sites
+    of all chains (node c·V + x), edges the active bonds; the label of a site is the smallest node
+    of its component (the first in node order), less its chain's offset c·V."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    shape = tuple(bonds[0].shape)
+    n, v = shape[0], int(np.prod(shape[1:]))
+    node = np.arange(n * v, dtype=np.int64).reshape(shape)
+    rows, cols = [], []
+    for mu, b in enumerate(bonds):
+        active = b.detach().cpu().numpy()
+        rows.append(node[active])
+        cols.append(np.roll(node, -1, axis=mu + 1)[active])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n * v, n * v)).tocsr()
+    _, component = connected_components(graph, directed=False)
+    _, first = np.unique(component, return_index=True)  # the smallest node of each component
+    labels = first[component] - np.repeat(np.arange(n, dtype=np.int64) * v, v)
+    return torch.from_numpy(labels.reshape(shape)).to(bonds[0].device)
 
 
 def swendsen_wang(phi: torch.Tensor, kappa: float, noise) -> torch.Tensor:

@@ -59,4 +59,26 @@ def sampler_cost(theory, settings: HMCSettings | None = None, *, n_chains: int =
     return out
 
 
-__all__ = ["sampler_cost"]
+def dynamical_exponent(Ls, taus, errors) -> tuple[float, float]:
+    r"""The dynamical critical exponent z of τ_int ∝ L^z (critical slowing down): the slope of a
+    weighted least-squares line through (log L, log τ), weights 1/σ² with σ = δτ/τ the error of
+    log τ,
+
+    .. math:: z = \frac{W S_{xy} - S_x S_y}{W S_{xx} - S_x^2}, \qquad
+              δz = \sqrt{\frac{W}{W S_{xx} - S_x^2}},
+
+    with W = Σw, S_x = Σw log L, S_y = Σw log τ, S_xx = Σw log²L, S_xy = Σw log L log τ.
+    Returns ``(z, δz)``; needs at least two sizes with finite τ and positive errors."""
+    x, y = np.log(np.asarray(Ls, dtype=float)), np.asarray(taus, dtype=float)
+    e = np.asarray(errors, dtype=float)
+    if len(x) < 2 or len(set(x)) < 2 or not (np.all(np.isfinite(y)) and np.all(y > 0) and np.all(e > 0)):
+        raise ValueError("dynamical_exponent needs two or more lattice sizes with finite τ > 0 and errors > 0")
+    w = (y / e) ** 2
+    y = np.log(y)
+    W, Sx, Sy = w.sum(), (w * x).sum(), (w * y).sum()
+    Sxx, Sxy = (w * x * x).sum(), (w * x * y).sum()
+    den = W * Sxx - Sx * Sx
+    return float((W * Sxy - Sx * Sy) / den), float(math.sqrt(W / den))
+
+
+__all__ = ["sampler_cost", "dynamical_exponent"]
