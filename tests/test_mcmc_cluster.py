@@ -248,3 +248,33 @@ def test_both_labelling_methods_give_the_same_clusters(L, p):
     assert a.dtype == b.dtype == torch.int64 and torch.equal(a, b)
     with pytest.raises(ValueError, match="method"):
         cluster_labels(bonds, method="bfs")
+
+
+def test_independence_chain_tau_and_break_even():
+    """A chain that accepts a fresh N(0, 1) draw with probability a (else repeats): its measured
+    τ_int (Γ-method, 16 chains of 20000) is 1/a − 1/2 within errors at a = 0.5 and 0.1; the
+    break-even acceptance makes 2τ t_prop equal the classical time, and is NaN where even a = 1
+    costs more."""
+    from lib.analysis.stats import autocorrelation
+    from lib.mcmc import break_even_acceptance, independence_tau
+
+    rng = np.random.default_rng(5)
+    for a in (0.5, 0.1):
+        chains = []
+        for _ in range(16):
+            x = rng.standard_normal(20000)
+            keep = rng.random(20000) >= a  # rejected: repeat the previous value
+            keep[0] = False
+            idx = np.where(keep, 0, np.arange(20000))
+            np.maximum.accumulate(idx, out=idx)
+            chains.append(x[idx])
+        ac = autocorrelation(np.stack(chains, 1), name=f"ind{a}")
+        assert abs(ac.tau_int - independence_tau(a)) < 4 * ac.tau_int_error, (a, ac.tau_int, ac.tau_int_error)
+    t_c, t_p = np.array([10.0, 3.0, 0.5]), 1.0
+    a_be = break_even_acceptance(t_c, t_p)
+    assert np.allclose(2 * independence_tau(a_be[:2]) * t_p, t_c[:2]) and np.isnan(a_be[2])
+    assert break_even_acceptance(1.0, 1.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="acceptance"):
+        independence_tau(0.0)
+    with pytest.raises(ValueError, match="positive"):
+        break_even_acceptance(-1.0, 1.0)

@@ -6,7 +6,7 @@ Metropolis-adjusted Langevin algorithm (:mod:`.mala`) and
 independence Metropolis with global proposals, e.g. from a diffusion model (:mod:`.independence`)."""
 from .chain import MarkovChainSampler
 from .cluster import ClusterHMC, swendsen_wang
-from .compare import dynamical_exponent, sampler_cost
+from .compare import break_even_acceptance, dynamical_exponent, independence_tau, sampler_cost
 from .fourier_hmc import FourierHMC, fourier_masses
 from .hmc import (ALGORITHMS, HMC, HMCSettings, cached_hmc_ensemble, hamiltonian, hmc_chain, hmc_ensemble, leapfrog,
                   make_sampler)
@@ -15,6 +15,6 @@ from .langevin import Langevin, langevin, langevin_moments, langevin_step
 from .mala import MALA, mala_log_acceptance
 from .metropolis import Metropolis
 
-__all__ = ["sampler_cost", "dynamical_exponent", "ClusterHMC", "swendsen_wang", "FourierHMC", "fourier_masses", "ALGORITHMS", "make_sampler",
+__all__ = ["sampler_cost", "dynamical_exponent", "independence_tau", "break_even_acceptance", "ClusterHMC", "swendsen_wang", "FourierHMC", "fourier_masses", "ALGORITHMS", "make_sampler",
            "MarkovChainSampler", "HMC", "HMCSettings", "cached_hmc_ensemble", "hamiltonian", "hmc_chain",
            "hmc_ensemble", "leapfrog", "IndependenceChain", "independence_chain", "Langevin", "langevin", "langevin_moments", "langevin_step", "Metropolis", "MALA", "mala_log_acceptance"]

@@ -81,4 +81,31 @@ def dynamical_exponent(Ls, taus, errors) -> tuple[float, float]:
     return float((W * Sxy - Sx * Sy) / den), float(math.sqrt(W / den))
 
 
-__all__ = ["sampler_cost", "dynamical_exponent"]
+def independence_tau(acceptance) -> np.ndarray:
+    r"""τ_int of an independence chain (DM-MC) whose acceptance a does not depend on the state: a
+    rejection repeats the last state, so ρ(t) = (1 − a)^t and
+
+    .. math:: τ_\mathrm{int} = \tfrac12 + \sum_{t\ge1}(1-a)^t = \frac1a - \frac12 .
+
+    A real chain's rejections depend on the proposal's weight, so this is a guide, not a bound."""
+    a = np.asarray(acceptance, dtype=float)
+    if np.any((a <= 0) | (a > 1)):
+        raise ValueError("the acceptance must lie in (0, 1]")
+    return 1 / a - 0.5
+
+
+def break_even_acceptance(t_classical, t_proposal) -> np.ndarray:
+    r"""The acceptance at which an independence chain (:func:`independence_tau`) costs as much per
+    independent sample as a classical sampler that needs ``t_classical`` seconds per independent
+    sample, when one proposal costs ``t_proposal`` seconds: from 2τ_int t_prop = t_c,
+
+    .. math:: a = \frac{2}{1 + t_c / t_\mathrm{prop}} ,
+
+    NaN where t_prop > t_c (even a = 1, one independent sample per proposal, costs more)."""
+    tc, tp = np.asarray(t_classical, dtype=float), np.asarray(t_proposal, dtype=float)
+    if np.any(tc <= 0) or np.any(tp <= 0):
+        raise ValueError("times must be positive")
+    return np.where(tc >= tp, 2 / (1 + tc / tp), np.nan)
+
+
+__all__ = ["sampler_cost", "dynamical_exponent", "independence_tau", "break_even_acceptance"]
