@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,6 +76,9 @@ def test_a_shipped_model_replaces_training_and_samples_exactly_as_its_checkpoint
     entry = shipped.ship(ckpt, "tiny", models, chapter="test")
     assert entry["cache_key"] == study.cache_key() == ckpt.stem.removeprefix("dm-")
     assert entry["L"] == 8 and entry["kappa"] == 0.21 and entry["channels"] == [4, 4, 8, 8] and entry["epochs"] == 2
+    seconds = state["epoch_seconds"]
+    assert entry["train_seconds"] == pytest.approx(sum(seconds), abs=0.1)
+    assert entry["median_epoch_seconds"] == pytest.approx(float(np.median(seconds)), abs=0.01)
     raw = torch.load(models / "tiny.pt", weights_only=True)
     assert raw["optimizer"] is None and raw["model"] is None and raw["ema"] is not None  # only what sampling needs
     assert os.path.getsize(models / "tiny.pt") < os.path.getsize(ckpt)

@@ -31,6 +31,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..storage.files import atomic_write, content_hash, save_checkpoint
 
 MANIFEST = "manifest.json"
@@ -150,6 +152,8 @@ def ship(checkpoint, name: str, directory=None, **provenance) -> dict:
              "sha256": sha256_file(path), "cache_key": content_hash(request),
              "training_ensemble": request.get("training_ensemble"), "n_train": request.get("n_train"),
              "seed": request.get("seed"), "train_seconds": round(sum(seconds), 1),
+             # the wall time of an epoch that overlapped other work or a pause is inflated; the median is not
+             "median_epoch_seconds": round(float(np.median(seconds)), 2) if seconds else None,
              "device": state["device_type"], "lib_version": state.get("lib_version"), **provenance}
     entries = [e for e in read_manifest(directory) if e["file"] != entry["file"] and e["cache_key"] != entry["cache_key"]]
     entries.append(entry)
