@@ -263,9 +263,9 @@ def test_independence_chain_tau_and_break_even():
         chains = []
         for _ in range(16):
             x = rng.standard_normal(20000)
-            keep = rng.random(20000) >= a  # rejected: repeat the previous value
-            keep[0] = False
-            idx = np.where(keep, 0, np.arange(20000))
+            rejected = rng.random(20000) >= a  # a rejection repeats the previous value
+            rejected[0] = False
+            idx = np.where(rejected, 0, np.arange(20000))
             np.maximum.accumulate(idx, out=idx)
             chains.append(x[idx])
         ac = autocorrelation(np.stack(chains, 1), name=f"ind{a}")

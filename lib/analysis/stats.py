@@ -205,6 +205,32 @@ def jackknife_chains(f, *series) -> tuple:
     return jackknife(lambda m: f(*m.mean(axis=0)), means)
 
 
+def crossings(x, a, b) -> list[tuple]:
+    r"""Where two curves measured on one grid cross (e.g. Binder cumulants U_{L1}(κ), U_{L2}(κ)): the
+    linear interpolation of every sign change of the difference d = a − b between neighbouring grid
+    points x_i, x_{i+1},
+
+    .. math:: x_\times = x_i + (x_{i+1}-x_i)\,\frac{d_i}{d_i - d_{i+1}}, \qquad
+              δx_\times = (x_{i+1}-x_i)\,\frac{\sqrt{d_{i+1}^2 σ_i^2 + d_i^2 σ_{i+1}^2}}{(d_i - d_{i+1})^2},
+
+    with σ_i² = δa_i² + δb_i² (independent estimates at each point; the curvature between grid points
+    is not included). ``a`` and ``b``: sequences of ``(value, error)`` on the grid ``x``. Returns a
+    list of ``(x_cross, error, i)``, i the left grid index of the bracketing interval."""
+    x = np.asarray(x, dtype=float)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != (len(x), 2) or b.shape != (len(x), 2):
+        raise ValueError("crossings needs (value, error) pairs at every grid point for both curves")
+    d, s = a[:, 0] - b[:, 0], np.hypot(a[:, 1], b[:, 1])
+    out = []
+    for i in range(len(x) - 1):
+        da, db = d[i], d[i + 1]
+        if da > 0 >= db or da < 0 <= db:
+            dk = x[i + 1] - x[i]
+            out.append((float(x[i] + dk * da / (da - db)),
+                        float(dk * math.hypot(db * s[i], da * s[i + 1]) / (da - db) ** 2), i))
+    return out
+
+
 def _rho_errors(rho: np.ndarray, window: int, n: int) -> np.ndarray:
     r"""Errors of ρ(t) (Wolff 2004, eq. 33; pyerrors fills ``e_drho`` only at the window):
 
