@@ -248,6 +248,44 @@ def test_generated_ensemble_shape_metadata_and_cache(broken_ensemble):
     assert not list(d.glob("dm-partial-*"))  # partial batches are removed once the ensemble is stored
 
 
+def test_an_interrupted_generation_resumes_from_its_finished_batches(broken_ensemble, tmp_path, monkeypatch):
+    """Generation keeps each finished batch; a rerun after an interruption starts from them (no
+    warning, nothing moved aside) and gives, bitwise, the ensemble made in one go with another batch size."""
+    import warnings
+
+    from lib.diffusion import derived
+
+    ens, d = broken_ensemble
+    _, _, path = cached_score_model(ens, default_model(make_sde("ve"), (8, 8), **SMALL_UNET), epochs=2, seed=4,
+                                    cache_dir=d, progress_bar=False, verbose=False)
+    kw = dict(n_steps=10, progress_bar=False, verbose=False)
+    whole = cached_dm_ensemble(path, 10, seed=3, batch_size=10, cache_dir=tmp_path / "a", **kw)
+    real, made = derived.generate, []
+
+    def interrupted(*args, on_batch, **kwargs):
+        def keep(start, *tensors):
+            on_batch(start, *tensors)
+            made.append(start)
+            if len(made) == 2:
+                raise KeyboardInterrupt
+
+        return real(*args, on_batch=keep, **kwargs)
+
+    monkeypatch.setattr(derived, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cached_dm_ensemble(path, 10, seed=3, batch_size=4, cache_dir=tmp_path / "b", **kw)
+    assert [p.name.startswith("dm-partial-") for p in (tmp_path / "b").glob("dm-partial-*.pt")] == [True]
+    monkeypatch.setattr(derived, "generate", real)
+    starts = []
+    monkeypatch.setattr(derived, "generate", lambda *a, first=0, **k: starts.append(first) or real(*a, first=first, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a partial file moved aside warns: that must not happen here
+        resumed = cached_dm_ensemble(path, 10, seed=3, batch_size=4, cache_dir=tmp_path / "b", **kw)
+    assert starts == [8], "the rerun should generate only the rows after the two kept batches"
+    np.testing.assert_array_equal(resumed.configs, whole.configs)
+    assert not list((tmp_path / "b").glob("dm-partial-*")) and not list((tmp_path / "b").glob("*.damaged"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_generation_on_cuda(broken_ensemble):
     ens, d = broken_ensemble

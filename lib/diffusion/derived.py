@@ -99,14 +99,15 @@ def _load_partial(partial: Path, request: dict, keys=("configs",), shapes: dict 
         return empty
     try:
         saved = load_checkpoint_file(partial, "partial ensemble")
-        ok = (isinstance(saved, dict) and saved.get("request") == request
-              and all(isinstance(saved.get(k), list) for k in keys)
-              and len({len(saved[k]) for k in keys}) == 1
-              and all(isinstance(x, torch.Tensor) and bool(torch.isfinite(x).all()) for k in keys for x in saved[k])
-              and all(len(a) == len(b) for a, b in zip(*(saved[k] for k in keys)))
-              and all(tuple(x.shape[1:]) == tuple(want) for k, want in (shapes or {}).items() for x in saved[k]))
     except ValueError as exc:
-        ok, saved = False, str(exc)
+        saved = str(exc)
+    ok = (isinstance(saved, dict) and saved.get("request") == request
+          and all(isinstance(saved.get(k), list) for k in keys)
+          and len({len(saved[k]) for k in keys}) == 1
+          and all(isinstance(x, torch.Tensor) and x.dim() >= 1 and bool(torch.isfinite(x).all())
+              for k in keys for x in saved[k])
+          and all(len({len(saved[k][i]) for k in keys}) == 1 for i in range(len(saved[keys[0]])))
+          and all(tuple(x.shape[1:]) == tuple(want) for k, want in (shapes or {}).items() for x in saved[k]))
     if not ok:
         move_aside(partial, "not a partial ensemble of this request")
         return empty
