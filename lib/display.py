@@ -145,7 +145,10 @@ def results_page(spec, book_dir) -> str:
     """The book's results page (Markdown) from ``spec`` (the YAML file listing each paper result:
     its title, the paper's value, the chapter and the glue keys of ours) and the committed
     notebooks in ``book_dir``: every number on it is read from a chapter's outputs. A key that a
-    chapter does not store is an error, never an empty cell."""
+    chapter does not store is an error, never an empty cell. The "run" column says whether the
+    chapter ran at the paper's scale (its scale table); a row with ``run: KEY`` takes it from the
+    chapter's glued value ``KEY`` instead, for a chapter whose main result ran at the paper's scale
+    while its side studies did not."""
     from pathlib import Path
 
     import yaml
@@ -161,12 +164,13 @@ def results_page(spec, book_dir) -> str:
             if ch not in cache:
                 cache[ch] = glued_values(book / f"{ch}.ipynb")
                 scale[ch] = "reduced (CPU)" if ran_at_reduced_scale(book / f"{ch}.ipynb") else "paper's"
-            missing = [k for k in row["ours"] if k not in cache[ch]]
+            missing = [k for k in [*row["ours"], *([row["run"]] if "run" in row else [])] if k not in cache[ch]]
             if missing:
                 raise KeyError(f"{ch}.ipynb stores no glued value {', '.join(missing)} (results page row "
                                f"{row['result']!r}); execute the chapter or fix the spec")
             ours = "; ".join((f"{label}: " if label else "") + cache[ch][k] for k, label in row["ours"].items())
-            cells = [str(x).replace("|", "\\|") for x in (row["result"], row["paper"], ours, scale[ch])]
+            run = cache[ch][row["run"]] if "run" in row else scale[ch]
+            cells = [str(x).replace("|", "\\|") for x in (row["result"], row["paper"], ours, run)]
             lines.append(f"| {' | '.join(cells)} | {{doc}}`{row.get('where', ch)} <{ch}>` |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

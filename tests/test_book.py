@@ -182,6 +182,12 @@ def test_results_page_refuses_a_value_no_chapter_computed(tmp_path):
     bad.write_text(yaml.safe_dump(spec))
     with pytest.raises(KeyError, match="no_such_glue_key"):
         results_page(bad, BOOK)
+    # the "run" column of a row taken from a glued value: one the chapter does not store is refused too
+    spec = yaml.safe_load((BOOK / "results.yml").read_text())
+    spec["sections"][0]["rows"][0]["run"] = "no_such_run_key"
+    bad.write_text(yaml.safe_dump(spec))
+    with pytest.raises(KeyError, match="no_such_run_key"):
+        results_page(bad, BOOK)
 
 
 @chapter
