@@ -41,6 +41,10 @@ CI_PARAMETERS: dict[str, dict] = {
         "METRO_SWEEPS": 300,
         "DW_CHAINS": 8, "DW_TRAJ": 100, "BINDER_LS": [4, 8], "BINDER_KAPPAS": [0.24, 0.27, 0.30],
         "BINDER_CHAINS": [16, 16], "BINDER_BURNIN": [50, 50], "BINDER_TRAJ": [100, 100],
+        "CS_LS": [4, 8], "CS_CHAINS": 4,
+        "CS_MEASURE": {"hmc": [80, 80], "fa-hmc": [80, 80], "cluster": [80, 80], "metropolis": [80, 80]},
+        "CROSS_LS": [4, 8], "CROSS_KAPPAS": [0.26, 0.27, 0.28], "CROSS_CHAINS": 4, "CROSS_THERM_TAU": 2,
+        "CROSS_MEASURE_TAU": 10,
     },
     "03_diffusion_sdes": {
         "TORCH_THREADS": 1, "N_FORWARD": 2000, "FP_POINTS_VE": 401, "FP_POINTS_VP": 201, "FP_SUBSTEPS": 10,
