@@ -263,13 +263,13 @@ def test_an_interrupted_generation_resumes_from_its_finished_batches(broken_ense
     kw = dict(n_steps=10, progress_bar=False, verbose=False)
     whole = cached_dm_ensemble(path, 10, seed=3, batch_size=4, cache_dir=tmp_path / "a", **kw)
     other_batch = cached_dm_ensemble(path, 10, seed=3, batch_size=10, cache_dir=tmp_path / "c", **kw)
-    real, made = derived.generate, []
+    real, kept = derived.generate, []
 
     def interrupted(*args, on_batch, **kwargs):
-        def keep(start, *tensors):
+        def keep(start, *tensors):  # the second finished batch is stored, then the run is interrupted
             on_batch(start, *tensors)
-            made.append(start)
-            if len(made) == 2:
+            kept.append(start)
+            if len(kept) == 2:
                 raise KeyboardInterrupt
 
         return real(*args, on_batch=keep, **kwargs)
@@ -277,8 +277,7 @@ def test_an_interrupted_generation_resumes_from_its_finished_batches(broken_ense
     monkeypatch.setattr(derived, "generate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cached_dm_ensemble(path, 10, seed=3, batch_size=4, cache_dir=tmp_path / "b", **kw)
-    assert [p.name.startswith("dm-partial-") for p in (tmp_path / "b").glob("dm-partial-*.pt")] == [True]
-    monkeypatch.setattr(derived, "generate", real)
+    assert len(list((tmp_path / "b").glob("dm-partial-*.pt"))) == 1
     starts = []
     monkeypatch.setattr(derived, "generate", lambda *a, first=0, **k: starts.append(first) or real(*a, first=first, **k))
     with warnings.catch_warnings():
